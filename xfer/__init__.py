@@ -1,0 +1,33 @@
+"""xfer: transfer learning for image classification.
+
+The public API::
+
+    import xfer
+    report = xfer.load_dataset("flowers")              # or a folder / .zip of class folders
+    model = xfer.train(report, backbone="vgg16", strategy="auto", out="models/flowers")
+    xfer.predict(model, ["photo.jpg"], k=5)            # [{label: probability, ...}]
+    xfer.evaluate(model, "holdout/")                   # accuracy, per-class metrics, confusion matrix
+    model = xfer.load_model("models/flowers")
+"""
+
+__version__ = "0.1.0"
+
+from .advisor import Recommendation, recommend  # noqa: E402
+from .api import default_backbone, evaluate, predict, predict_proba, train  # noqa: E402
+from .backbones import get_backbone, list_backbones, pretrained_available  # noqa: E402
+from .data import DatasetReport, load_dataset, open_image, split_dataset  # noqa: E402
+from .device import DeviceInfo, select_device  # noqa: E402
+from .engine import EpochStats, Progress, TrainConfig, fit  # noqa: E402
+from .errors import (Cancelled, ConfigError, DataError, HubError, ModelError, WeightsError,  # noqa: E402
+                     XferError)
+from .evaluation import EvalReport  # noqa: E402
+from .model import XferModel, load_model, save_model  # noqa: E402
+from .strategies import STRATEGIES, get_strategy  # noqa: E402
+
+__all__ = [
+    "Cancelled", "ConfigError", "DataError", "DatasetReport", "DeviceInfo", "EpochStats", "EvalReport",
+    "HubError", "ModelError", "Progress", "Recommendation", "STRATEGIES", "TrainConfig", "WeightsError",
+    "XferError", "XferModel", "default_backbone", "evaluate", "fit", "get_backbone", "get_strategy",
+    "list_backbones", "load_dataset", "load_model", "open_image", "predict", "predict_proba",
+    "pretrained_available", "recommend", "save_model", "select_device", "split_dataset", "train",
+]

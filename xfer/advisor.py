@@ -1,0 +1,112 @@
+"""The strategy advisor: which of the four strategies fits a dataset, and why.
+
+The rule has two measured inputs:
+
+* **size**: the median number of images per class. Below ``SMALL_PER_CLASS`` the
+  dataset is "small" (training many weights would overfit).
+* **similarity to ImageNet**: the mean top-1 softmax confidence of an
+  ImageNet-pretrained network over a sample of the images. Everyday photos make it
+  confident about *some* ImageNet class; drawings, scans or synthetic textures do not.
+  At or above ``SIMILAR_CONFIDENCE`` the domain is "similar".
+
+small+similar → head, small+different → truncate, large+similar → finetune,
+large+different → scratch. The thresholds were tuned against measurements by
+``bench/advisor.py`` (see the README). Without any pretrained weights available
+offline, similarity cannot be measured and the domain is assumed similar.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .backbones import get_backbone, list_backbones, load_pretrained, pretrained_available
+from .data import DatasetReport, subsample
+from .device import DeviceInfo, select_device
+from .transforms import batch_images
+
+log = logging.getLogger(__name__)
+
+SMALL_PER_CLASS = 150
+SIMILAR_CONFIDENCE = 0.35
+SAMPLE_IMAGES = 48
+#: Preferred order for measuring similarity: fast, offline-capable backbones first.
+SIMILARITY_BACKBONES = ("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "efficientnet_b0",
+                        "resnet50", "convnext_tiny", "vgg16")
+
+
+@dataclass
+class Recommendation:
+    strategy: str
+    reason: str
+    images_per_class: float
+    similarity: float | None  # mean ImageNet top-1 confidence, None if not measured
+    similarity_backbone: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def similarity_backbone() -> str | None:
+    """The first backbone whose ImageNet weights load without a download, if any."""
+    names = set(list_backbones())
+    for name in SIMILARITY_BACKBONES:
+        if name in names and pretrained_available(name):
+            return name
+    return None
+
+
+@torch.no_grad()
+def measure_similarity(report: DatasetReport, backbone: str | None = None, sample: int = SAMPLE_IMAGES,
+                       device: DeviceInfo | None = None, seed: int = 0) -> tuple[float, str] | None:
+    """Mean top-1 ImageNet confidence on a class-balanced sample; None if no weights are at hand."""
+    backbone = backbone or similarity_backbone()
+    if backbone is None or not report.items:
+        return None
+    b = get_backbone(backbone)
+    device = device or select_device("cpu")
+    net = b.make()
+    load_pretrained(net, backbone, "imagenet")
+    net.eval().to(device.device)
+    per_class = max(1, sample // max(len(report.classes), 1))
+    items = subsample(report.items, per_class, seed=seed)
+    pre = b.get_preprocessing()
+    confidences = []
+    for i in range(0, len(items), 16):
+        x = batch_images([p for p, _ in items[i : i + 16]], pre).to(device.device)
+        confidences += net(x).softmax(1).max(1).values.tolist()
+    return float(sum(confidences) / len(confidences)), backbone
+
+
+def recommend(report: DatasetReport, similarity: float | None | str = "measure",
+              device: DeviceInfo | None = None) -> Recommendation:
+    """Pick a strategy for ``report`` and say why.
+
+    ``similarity="measure"`` measures it (see :func:`measure_similarity`); pass a
+    float to reuse a measurement, or None to decide on size alone.
+    """
+    counts = [n for n in report.counts.values() if n > 0]
+    per_class = float(statistics.median(counts)) if counts else 0.0
+    small = per_class < SMALL_PER_CLASS
+    sim_backbone = None
+    if similarity == "measure":
+        measured = measure_similarity(report, device=device)
+        similarity, sim_backbone = measured if measured else (None, None)
+    size_txt = (f"{per_class:.0f} images per class (median) is {'small' if small else 'large'} "
+                f"(threshold {SMALL_PER_CLASS})")
+    if similarity is None:
+        similar = True
+        sim_txt = "similarity to ImageNet could not be measured (no pretrained weights offline), so assumed similar"
+    else:
+        similar = similarity >= SIMILAR_CONFIDENCE
+        sim_txt = (f"a pretrained network is {similarity:.0%} confident on your images on average, so the domain "
+                   f"looks {'similar to' if similar else 'different from'} ImageNet's photos "
+                   f"(threshold {SIMILAR_CONFIDENCE:.0%})")
+    strategy = {(True, True): "head", (True, False): "truncate",
+                (False, True): "finetune", (False, False): "scratch"}[(small, similar)]
+    reason = f"{size_txt}; {sim_txt}."
+    log.info("recommend %s: %s", strategy, reason)
+    return Recommendation(strategy, reason, per_class, similarity, sim_backbone)

