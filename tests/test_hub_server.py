@@ -44,6 +44,7 @@ def _make_folder(root: Path) -> dict[str, bytes]:
         "README.md": README.encode(),
         "model.bin": BINARY,
         "config/labels.json": json.dumps({"0": "cat", "1": "dog"}).encode(),
+        "notes/ünïcode name #1.txt": "é".encode(),  # URL quoting of paths
     }
     for rel, content in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +189,7 @@ def test_model_info_tree_and_paths_info(alice: HfApi, uploaded: tuple[str, dict[
     top = {e.path: type(e).__name__ for e in alice.list_repo_tree(REPO)}
     assert top == {
         "config": "RepoFolder",
+        "notes": "RepoFolder",
         ".gitattributes": "RepoFile",
         "README.md": "RepoFile",
         "model.bin": "RepoFile",
@@ -317,7 +319,7 @@ def test_dropped_connection_raises_connection_error(
 def test_offline_mode_serves_cached_snapshot(
     hub_server: HubServer, uploaded: tuple[str, dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sha, files = uploaded
+    _, files = uploaded
     cache = tmp_path / "cache"
     online = snapshot_download(REPO, endpoint=hub_server.url, cache_dir=cache)
 
@@ -348,9 +350,8 @@ def test_env_var_configuration_in_subprocess(hub_server: HubServer, alice: HfApi
         "from huggingface_hub import snapshot_download; from pathlib import Path; "
         "p = snapshot_download('alice/private-env'); print((Path(p) / 'w.bin').read_text())"
     )
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))
-    } | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env |= {
         "HF_ENDPOINT": hub_server.url,
         "HF_TOKEN": ALICE_TOKEN,
         "HF_HOME": str(tmp_path / "home"),

@@ -264,3 +264,7 @@ def load_pretrained(model: nn.Module, name: str, weights: str | Path) -> None:
             f"torchvision {name} with its 1000-class head."
         ) from e
     log.info("loaded %s weights for %s", "ImageNet" if str(weights) == "imagenet" else weights, name)
+
+
+# Registered last: the module imports Backbone/register from this one.
+from . import backbones_lite  # noqa: E402,F401  (registers efficientnet_lite0)

@@ -1,43 +1,174 @@
-"""The model card (README.md) written next to a saved model."""
+"""The model card (README.md) saved next to a model and pushed with it to the Hugging Face Hub.
+
+The card is a :class:`huggingface_hub.ModelCard`: YAML metadata (library, task, tags,
+base model, dataset, metrics and a ``model-index`` with the validation accuracy) and a
+Markdown body (classes, strategy and why, training arguments, per-class metrics,
+confusion matrix, how to use it). It is built from ``config.json`` alone, entirely
+offline: the card is never validated against the Hub.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
-from .strategies import get_strategy
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from .model import XferModel
 
+#: The Hub repo holding the very ImageNet weights each backbone starts from (torchvision's
+#: ``DEFAULT`` weights, republished by timm). Only exact matches are listed: a backbone
+#: missing here gets no ``base_model`` rather than a wrong one.
+BASE_MODELS: dict[str, str] = {
+    "vgg16": "timm/vgg16.tv_in1k",  # VGG16_Weights.IMAGENET1K_V1
+    "resnet18": "timm/resnet18.tv_in1k",  # ResNet18_Weights.IMAGENET1K_V1
+    "resnet50": "timm/resnet50.tv2_in1k",  # ResNet50_Weights.IMAGENET1K_V2 (torchvision's "v2 recipe")
+}
+
+#: The bundled flowers dataset (``xfer.load_dataset("flowers")``) is TensorFlow's tf_flowers.
+FLOWERS_DATASET = ("tf_flowers", "TF Flowers")
+
+
+def _cell(value: Any) -> str:
+    """A value made safe for a Markdown table cell (class names are folder names: they may hold '|')."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(value: Any) -> str:
+    try:
+        return f"{float(value):.1%}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _dataset_id(cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(Hub dataset id, display name) when the training data is a known public dataset."""
+    from .data import FLOWERS_CLASSES
+
+    dataset = cfg.get("dataset") or {}
+    if dataset.get("name") == "flowers" or set(cfg.get("classes") or ()) == set(FLOWERS_CLASSES):
+        return FLOWERS_DATASET
+    return None
+
+
+def base_model(cfg: dict[str, Any]) -> str | None:
+    """The Hub id of the pretrained weights the model was fine-tuned from, if any is known."""
+    if cfg.get("pretrained_weights") != "imagenet":
+        return None  # random ("none") or a user's file: no public base model
+    strategy = STRATEGIES.get(cfg.get("strategy", ""))
+    if strategy is not None and not strategy.pretrained:
+        return None
+    return BASE_MODELS.get(cfg.get("backbone", ""))
+
+
+def card_data(cfg: dict[str, Any], repo_id: str | None = None) -> ModelCardData:
+    """The card's YAML metadata, from a model's ``config.json`` content."""
+    backbone, strategy = cfg.get("backbone", "unknown"), cfg.get("strategy", "unknown")
+    metrics = cfg.get("metrics") or {}
+    acc = metrics.get("accuracy")
+    has_acc = isinstance(acc, (int, float)) and math.isfinite(acc)
+    known = _dataset_id(cfg)
+    name = repo_id or f"xfer-{backbone}-{strategy}"
+    eval_results = None
+    if has_acc:
+        eval_results = [EvalResult(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=known[0] if known else "imagefolder",
+            dataset_name=known[1] if known else "Image folder (the user's own images)",
+            dataset_split="validation", metric_type="accuracy", metric_value=round(float(acc), 4),
+            metric_name="Validation accuracy",
+        )]
+    return ModelCardData(
+        library_name="xfer",
+        pipeline_tag="image-classification",
+        tags=["transfer-learning", backbone, strategy],
+        base_model=base_model(cfg),
+        datasets=[known[0]] if known else None,
+        metrics=["accuracy"] if has_acc else None,
+        model_name=name,
+        eval_results=eval_results,
+    )
+
+
+def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
+    backbone, strategy = cfg.get("backbone", "?"), cfg.get("strategy", "?")
+    classes: list[str] = list(cfg.get("classes") or [])
+    s = STRATEGIES.get(strategy)
+    metrics = cfg.get("metrics") or {}
+    training = cfg.get("training") or {}
+    counts = (cfg.get("dataset") or {}).get("counts") or {}
+    weights = cfg.get("pretrained_weights", "none")
+    start = {"imagenet": "ImageNet weights", "file": "weights from a file", "none": "random weights"}.get(
+        weights, str(weights))
+    out = [f"# {repo_id or 'xfer image classifier'}", "",
+           f"An image classifier for {len(classes)} classes, trained with xfer by transfer learning from "
+           f"**{backbone}** ({start}) with the **{strategy}** strategy"
+           + (f" — {s.title.lower()}: {s.summary}" if s else "."), ""]
+
+    out += ["## Strategy", ""]
+    if s:
+        out += [s.explanation, ""]
+    rec = cfg.get("recommendation")
+    if rec and rec.get("reason"):
+        out += [f"**Why {rec.get('strategy', strategy)}:** the strategy advisor chose it: {rec['reason']}", ""]
+    else:
+        out += ["**Why:** the strategy was chosen by the user (the advisor was not asked).", ""]
+
+    out += ["## Classes", "", "| index | class | images in the dataset |", "|---|---|---|"]
+    for i, c in enumerate(classes):
+        out.append(f"| {i} | {_cell(c)} | {counts.get(c, '?')} |")
+    out.append("")
+
+    acc = metrics.get("accuracy")
+    if isinstance(acc, (int, float)) and math.isfinite(acc):
+        out += ["## Validation metrics", "",
+                f"Accuracy **{acc:.1%}** on {metrics.get('num_images', '?')} held-out validation images.", "",
+                "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c, v in (metrics.get("per_class") or {}).items():
+            out.append(f"| {_cell(c)} | {_pct(v.get('precision'))} | {_pct(v.get('recall'))} | "
+                       f"{float(v.get('f1', 0)):.2f} | {int(v.get('support', 0))} |")
+        out.append("")
+        cm = metrics.get("confusion_matrix")
+        if cm and len(cm) == len(classes):
+            out += ["Confusion matrix (rows: true class, columns: predicted class):", "",
+                    "| true \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
+                    "|---|" + "---|" * len(classes)]
+            for c, row in zip(classes, cm):
+                out.append(f"| **{_cell(c)}** | " + " | ".join(str(int(n)) for n in row) + " |")
+            out.append("")
+
+    if training:
+        out += ["## Training arguments", "", "| argument | value |", "|---|---|"]
+        out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in training.items()]
+        out.append("")
+    pre = cfg.get("preprocessing") or {}
+    if pre:
+        out += [f"Input: {pre.get('crop_size', '?')} px crops of images resized to {pre.get('resize_size', '?')} px "
+                f"({pre.get('interpolation', 'bilinear')}), normalised with mean {pre.get('mean')} and "
+                f"std {pre.get('std')}.", ""]
+
+    hub_id = repo_id or "<user>/<repo>"
+    out += ["## How to use", "", "With xfer installed:", "", "```python",
+            "import xfer", "import xfer.hub", "",
+            f"model = xfer.hub.pull(\"{hub_id}\")  # downloads config.json + model.safetensors (cached)",
+            "print(xfer.predict(model, [\"photo.jpg\"], k=5))  # [{label: probability, ...}]", "```", "",
+            "Or from the command line:", "", "```bash",
+            f"python -m xfer pull {hub_id} --out model", "python -m xfer predict model photo.jpg", "```", "",
+            "A local copy of this folder loads with `xfer.load_model(\"path/to/folder\")`. The weights are in "
+            "`model.safetensors` (no pickle); `config.json` holds the architecture, class names and "
+            "preprocessing needed to rebuild the network.", ""]
+    return out
+
+
+def render_card_from_config(cfg: dict[str, Any], repo_id: str | None = None) -> str:
+    """The README.md text for a model described by its ``config.json`` content."""
+    card = ModelCard("---\n" + card_data(cfg, repo_id).to_yaml() + "\n---\n\n" + "\n".join(_body(cfg, repo_id)))
+    return str(card)
+
 
 def render_card(model: "XferModel", repo_id: str | None = None) -> str:
-    """Markdown with YAML front matter in the Hugging Face model card format."""
-    s = get_strategy(model.strategy)
-    m = model.metrics or {}
-    acc = m.get("accuracy")
-    tags = ["xfer", "transfer-learning", "image-classification", model.backbone, f"strategy-{model.strategy}"]
-    yaml = ["---", "library_name: xfer", "pipeline_tag: image-classification", "tags:"]
-    yaml += [f"- {t}" for t in tags]
-    if acc is not None:
-        yaml += ["metrics:", "- accuracy"]
-    yaml.append("---")
-    body = [f"# {repo_id or 'xfer image classifier'}", "",
-            f"An image classifier for {len(model.classes)} classes, fine-tuned with "
-            f"[xfer](https://github.com/) from **{model.backbone}** using the **{s.name}** strategy "
-            f"({s.title.lower()}): {s.summary}", ""]
-    if model.recommendation:
-        body += [f"Why this strategy: {model.recommendation.get('reason', '')}", ""]
-    body += ["## Classes", "", ", ".join(f"`{c}`" for c in model.classes), ""]
-    if acc is not None:
-        body += ["## Validation metrics", "", f"Accuracy: **{acc:.1%}** on {m.get('num_images', '?')} images.", "",
-                 "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        for c, v in m.get("per_class", {}).items():
-            body.append(f"| {c} | {v['precision']:.1%} | {v['recall']:.1%} | {v['f1']:.2f} | {int(v['support'])} |")
-        body.append("")
-    if model.training:
-        body += ["## Training", "", "| argument | value |", "|---|---|"]
-        body += [f"| {k} | {v} |" for k, v in model.training.items()]
-        body.append("")
-    body += ["## Use", "", "```python", "import xfer", "model = xfer.load_model(\"path/to/this/folder\")",
-             "print(xfer.predict(model, [\"photo.jpg\"], k=5))", "```", ""]
-    return "\n".join(yaml + body)
+    """Markdown with YAML front matter in the Hugging Face model card format (no network access)."""
+    return render_card_from_config(model.config(), repo_id)

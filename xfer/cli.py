@@ -70,13 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import TrainConfig
 
     device = select_device(args.device, num_workers=args.workers)
+    report = load_dataset(args.data)
+    print(report.summary(), file=sys.stderr)
     backbone = args.backbone
     if backbone is None:
         backbone, note = default_backbone()
         if note:
             print(f"note: {note}", file=sys.stderr)
-    report = load_dataset(args.data)
-    print(report.summary(), file=sys.stderr)
     print(f"device: {device.name}", file=sys.stderr)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -280,7 +280,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_extensions() -> None:
-    try:
-        from . import hub  # noqa: F401  (registers push/pull when the Hub module exists)
-    except ImportError:
-        pass
+    """Hook for optional subcommands that live outside this file (none at the moment).
+
+    The Hub's push/pull are defined below and registered through :data:`EXTENSIONS`;
+    huggingface_hub is imported only when one of them runs, so other commands start fast.
+    """
+
+
+# --- the Hugging Face Hub: push / pull ------------------------------------------------------------------------
+
+
+@command("push")
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    result = push(args.model, args.repo_id, token=args.token, private=args.private, commit_message=args.message,
+                  endpoint=args.endpoint)
+    if args.json:
+        print(json.dumps({"repo_id": args.repo_id, "url": result.url, "commit_id": result.commit_id}))
+    else:
+        print(f"pushed {args.model} to {result.url} (commit {result.commit_id})")
+    return 0
+
+
+@command("pull")
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .hub import pull_to
+    from .model import read_config
+
+    out = pull_to(args.repo_id, args.out, revision=args.revision, token=args.token, endpoint=args.endpoint)
+    cfg = read_config(out)
+    if args.json:
+        print(json.dumps({"repo_id": args.repo_id, "out": str(out), "backbone": cfg["backbone"],
+                          "strategy": cfg["strategy"], "classes": cfg["classes"]}))
+    else:
+        print(f"pulled {args.repo_id}{'@' + args.revision if args.revision else ''} to {out}: {cfg['backbone']}, "
+              f"{cfg['strategy']} strategy, {len(cfg['classes'])} classes")
+    return 0
+
+
+def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
+    token_help = "a Hugging Face access token (default: HF_TOKEN, else the `hf auth login` token)"
+    endpoint_help = "the Hub's address (default: HF_ENDPOINT, else https://huggingface.co)"
+    ps = sub.add_parser("push", help="upload a saved model to the Hugging Face Hub")
+    ps.add_argument("model", type=Path, help="the model folder (`xfer train --out`)")
+    ps.add_argument("repo_id", help="user/name of the Hub repo (created if missing)")
+    ps.add_argument("--private", action="store_true", help="create the repo as private")
+    ps.add_argument("--token", default=None, help=token_help)
+    ps.add_argument("--message", default=None, help="the commit message")
+    ps.add_argument("--endpoint", default=None, help=endpoint_help)
+    ps.add_argument("--json", action="store_true", help="print the URL and commit id as JSON")
+
+    pl = sub.add_parser("pull", help="download a model from the Hugging Face Hub into a folder")
+    pl.add_argument("repo_id", help="user/name of the Hub repo")
+    pl.add_argument("--out", required=True, type=Path, help="folder to write the model to (replaced atomically)")
+    pl.add_argument("--revision", default=None, help="branch, tag or commit id (default: main)")
+    pl.add_argument("--token", default=None, help=token_help)
+    pl.add_argument("--endpoint", default=None, help=endpoint_help)
+    pl.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+EXTENSIONS.append(_add_hub_commands)

@@ -16,6 +16,10 @@ class DeviceInfo:
 
     ``amp_dtype`` is the autocast dtype (None: full fp32). On CPU, autocast is off:
     bf16 autocast measured 30x slower than fp32 on this project's CPUs.
+    ``decode`` says where JPEGs are decoded: "cpu" (DataLoader workers, Pillow) or
+    "gpu" (nvJPEG on the device, see :mod:`xfer.pipeline`). ``feature_batch`` is the
+    batch size of frozen-body passes (no gradients, so a GPU takes far larger batches
+    than training does); None means the training batch size.
     """
 
     device: torch.device
@@ -24,6 +28,8 @@ class DeviceInfo:
     channels_last: bool
     pin_memory: bool
     num_workers: int
+    decode: str = "cpu"
+    feature_batch: int | None = None
 
     @property
     def type(self) -> str:
@@ -35,27 +41,44 @@ class DeviceInfo:
         return self.amp_dtype == torch.float16
 
 
-def select_device(name: str = "auto", num_workers: int | None = None) -> DeviceInfo:
-    """Resolve "auto" | "cpu" | "cuda[:N]" | "mps" to a :class:`DeviceInfo`."""
+def select_device(name: str = "auto", num_workers: int | None = None, decode: str = "auto",
+                  feature_batch: int | None = None) -> DeviceInfo:
+    """Resolve "auto" | "cpu" | "cuda[:N]" | "mps" to a :class:`DeviceInfo`.
+
+    ``decode``: "auto" (nvJPEG on CUDA, else Pillow), "gpu" or "cpu".
+    ``feature_batch``: None for the device's default (256 on CUDA).
+    """
     cpus = os.cpu_count() or 1
+    if decode not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"Unknown decode {decode!r}: use auto, cpu or gpu.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    if decode == "gpu" and not name.startswith("cuda"):
+        raise ConfigError("JPEG decoding on the GPU needs a CUDA device: use --decode cpu.")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto.")
         dev = torch.device(name)
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return DeviceInfo(dev, f"GPU: {torch.cuda.get_device_name(dev)}", amp, True, True,
-                          min(8, cpus) if num_workers is None else num_workers)
+        # Fixed input sizes: let cuDNN time its algorithms once; fp32 leftovers (outside autocast) may use TF32.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        # Workers only matter with decode="cpu"; leave one core to drive the GPU.
+        workers = min(16, max(cpus - 1, 1)) if num_workers is None else num_workers
+        return DeviceInfo(dev, f"GPU: {torch.cuda.get_device_name(dev)}", amp, True, True, workers,
+                          decode="cpu" if decode == "cpu" else "gpu",
+                          feature_batch=256 if feature_batch is None else feature_batch)
     if name == "mps":
         if not _mps_available():
             raise ConfigError("--device mps was asked for but Apple's MPS is not available: use --device cpu.")
         return DeviceInfo(torch.device("mps"), "Apple GPU (MPS)", None, False, False,
-                          min(4, cpus) if num_workers is None else num_workers)
+                          min(4, cpus) if num_workers is None else num_workers, feature_batch=feature_batch)
     if name == "cpu":
         # One loader worker overlaps JPEG decoding with compute; more would steal the cores.
         return DeviceInfo(torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads)", None, True, False,
-                          (1 if cpus > 1 else 0) if num_workers is None else num_workers)
+                          (1 if cpus > 1 else 0) if num_workers is None else num_workers,
+                          feature_batch=feature_batch)
     raise ConfigError(f"Unknown device {name!r}: use auto, cpu, cuda or mps.")
 
 

@@ -21,13 +21,13 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from .backbones import Preprocessing
 from .device import DeviceInfo
 from .errors import Cancelled, ConfigError
+from .pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
 from .strategies import Classifier, param_groups
-from .transforms import ImageDataset, make_transform
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class _Clock:
     """Turns work done (images through the network) into fraction, speed and ETA."""
 
     def __init__(self, total_units: float, callback: Callback | None, cancel: CancelFlag | None):
-        self.total = max(total_units, 1.0)
+        self.total = total_units
         self.done = 0.0
         self.start = time.perf_counter()
         self.phase_start = self.start
@@ -152,7 +152,7 @@ class _Clock:
         self.done += units
         self.phase_images += images
         now = time.perf_counter()
-        fraction = min(self.done / self.total, 1.0)
+        fraction = min(self.done / max(self.total, 1e-9), 1.0)
         elapsed = now - self.start
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
         speed = self.phase_images / max(now - self.phase_start, 1e-9)
@@ -174,24 +174,27 @@ def _to_device(x: torch.Tensor, device: DeviceInfo) -> torch.Tensor:
     return x
 
 
-def make_loader(dataset, batch_size: int, device: DeviceInfo, shuffle: bool, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader with the device's workers and pinning; tensor datasets need no workers."""
-    workers = 0 if isinstance(dataset, TensorDataset) else device.num_workers
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.pin_memory, drop_last=drop_last, generator=g,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
-
-
 def train_one_epoch(module: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler, loss_fn: nn.Module, device: DeviceInfo,
                     on_step: Callable[[int, int, int, float, float], None] | None = None,
                     scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy). ``on_step(step, steps, n, loss, acc)``."""
+    """One pass over ``loader``; returns (mean loss, accuracy). ``on_step(step, steps, n, loss, acc)``.
+
+    Loss and accuracy are summed on the device and ``on_step`` hears of each step one
+    step late: reading a number back waits for the GPU, and waiting for the step just
+    queued would leave the GPU idle while the next one is prepared.
+    """
     module.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss = torch.zeros((), device=device.device)
+    correct = torch.zeros((), dtype=torch.long, device=device.device)
+    seen = 0
     steps = len(loader)
+    pending = None
+
+    def report(p) -> None:
+        step, n, seen_then, loss_sum, correct_sum = p
+        on_step(step, steps, n, loss_sum.item() / seen_then, correct_sum.item() / seen_then)
+
     for step, (x, y) in enumerate(loader, 1):
         x, y = _to_device(x, device), y.to(device.device, non_blocking=device.pin_memory)
         with _autocast(device):
@@ -208,12 +211,16 @@ def train_one_epoch(module: nn.Module, loader: DataLoader, optimizer: torch.opti
         if scheduler is not None:
             scheduler.step()
         n = y.shape[0]
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.detach() * n
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += n
         if on_step is not None:
-            on_step(step, steps, n, total_loss / seen, correct / seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+            if pending is not None:
+                report(pending)
+            pending = (step, n, seen, total_loss.clone(), correct.clone())
+    if pending is not None:
+        report(pending)
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
 
 
 @torch.no_grad()
@@ -222,45 +229,62 @@ def evaluate(module: nn.Module, loader: DataLoader, device: DeviceInfo, loss_fn:
     """Run ``module`` over ``loader`` in eval mode: loss, accuracy and all probabilities."""
     module.eval()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    probs, targets, total_loss = [], [], 0.0
+    probs, targets = [], []
+    total_loss = torch.zeros((), device=device.device)
     steps = len(loader)
     for step, (x, y) in enumerate(loader, 1):
         x, y = _to_device(x, device), y.to(device.device)
         with _autocast(device):
             logits = module(x).float()
-        total_loss += loss_fn(logits, y).item() * y.shape[0]
-        probs.append(logits.softmax(1).cpu())
-        targets.append(y.cpu())
+        total_loss += loss_fn(logits, y) * y.shape[0]  # stays on the device: no wait per batch
+        probs.append(logits.softmax(1))
+        targets.append(y)
         if on_step is not None:
             on_step(step, steps, y.shape[0])
     if not probs:
         return EvalOutput(float("nan"), float("nan"), torch.empty(0, 0), torch.empty(0, dtype=torch.long))
-    p, t = torch.cat(probs), torch.cat(targets)
-    return EvalOutput(total_loss / len(t), (p.argmax(1) == t).float().mean().item(), p, t)
+    p, t = torch.cat(probs).cpu(), torch.cat(targets).cpu()
+    return EvalOutput(total_loss.item() / len(t), (p.argmax(1) == t).float().mean().item(), p, t)
 
 
 @torch.no_grad()
-def compute_features(body: nn.Module, loader: DataLoader, device: DeviceInfo,
-                     on_step: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a frozen body once over ``loader``: (features (N, D) float32 on CPU, labels (N,))."""
+def compute_features(body: nn.Module, loader, device: DeviceInfo,
+                     on_step: Callable[[int, int, int], None] | None = None,
+                     keep_on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a frozen body once over ``loader``: (features (N, D) float32 on CPU, labels (N,)).
+
+    A loader of several views per image (x of shape (B, V, 3, S, S)) gives features
+    (N, V, D). ``keep_on_device`` leaves both on the device (for training a head there).
+    """
     body.eval()
     feats, labels = [], []
     steps = len(loader)
     for step, (x, y) in enumerate(loader, 1):
+        views = x.shape[1] if x.ndim == 5 else 0
+        if views:
+            x = x.flatten(0, 1)
         with _autocast(device):
             f = body(_to_device(x, device))
-        feats.append(f.float().flatten(1).cpu())
+        f = f.float().flatten(1)
+        if views:
+            f = f.view(-1, views, f.shape[1])
+        # Collected on the device and moved once at the end: a copy per batch would wait for each batch.
+        feats.append(f)
         labels.append(y)
         if on_step is not None:
             on_step(step, steps, y.shape[0])
-    return torch.cat(feats), torch.cat(labels)
+    f, y = torch.cat(feats), torch.cat([t.to(device.device) for t in labels])
+    return (f, y) if keep_on_device else (f.cpu(), y.cpu())
 
 
-def make_optimizer(net: Classifier, strategy: str, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(net: Classifier, strategy: str, config: TrainConfig,
+                   device: DeviceInfo | None = None) -> torch.optim.Optimizer:
     groups = param_groups(net, strategy, config.learning_rate, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+    # On CUDA one fused kernel updates all parameters instead of several per tensor.
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int):
@@ -277,24 +301,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class _ViewSampler(torch.utils.data.Dataset):
-    """Cached features with several views per image: each epoch draws one view per image."""
-
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int):
-        self.views, self.labels = views, labels  # (V, N, D), (N,)
-        self.rng = torch.Generator().manual_seed(seed)
-        self.pick = torch.zeros(len(labels), dtype=torch.long)
-
-    def resample(self) -> None:
-        self.pick = torch.randint(0, self.views.shape[0], (len(self.labels),), generator=self.rng)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.views[self.pick[i], i], self.labels[i]
 
 
 def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
@@ -314,46 +320,48 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     net.to(device.device)
     if device.channels_last:
         net.to(memory_format=torch.channels_last)
-    eval_tf = make_transform(pre, train=False)
-    train_tf = make_transform(pre, train=True) if config.augment else eval_tf
-    max_side = 2 * pre.resize_size
     n_train, n_val = len(train_items), len(val_items)
     bs, epochs = config.batch_size, config.epochs
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    per_epoch = (n_train // bs) * bs if n_train > bs else n_train  # drop_last
+    per_epoch += n_val
 
     if net.frozen:
         views = config.cache_views if config.augment else 1
         # Features dominate the cost; the head epochs on cached features are nearly free.
-        clock = _Clock(views * n_train + n_val + 0.02 * epochs * (n_train + n_val), callback, cancel)
+        # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
+        unit = 0.02
+        clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel)
         clock.check_cancel()
-        feature_sets = []
-        for v in range(views):
-            tf = eval_tf if v == 0 else train_tf
-            loader = make_loader(ImageDataset(train_items, tf, max_side), bs, device, shuffle=False)
-            clock.new_phase()
-            f, labels = compute_features(net.body, loader, device, on_step=lambda s, S, n, v=v: clock.step(
-                "features", 0, epochs, s + v * S, views * S + 1, n, n))
-            feature_sets.append(f)
-        val_loader = make_loader(ImageDataset(val_items, eval_tf, max_side), bs, device, shuffle=False)
-        vf, vl = compute_features(net.body, val_loader, device,
-                                  on_step=lambda s, S, n: clock.step("features", 0, epochs, s, S, n, n))
-        train_set = _ViewSampler(torch.stack(feature_sets), labels, config.seed)
-        train_loader = make_loader(train_set, bs, device, shuffle=True, seed=config.seed,
-                                   drop_last=n_train > bs)
-        eval_loader = make_loader(TensorDataset(vf, vl), 256, device, shuffle=False)
+        # Each image is decoded once for all its views (the clean one, then augmented ones); a
+        # frozen body has no gradients, so it runs in the device's larger inference batches.
+        fbs = device.feature_batch or bs
+        train_views = image_batches(train_items, pre, [False] + [True] * (views - 1), max(1, fbs // views), device)
+        val_views = image_batches(val_items, pre, [False], fbs, device)
+        body = torch.compile(net.body) if config.compile else net.body
+        total = len(train_views) + len(val_views)
+        clock.new_phase()
+        f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+            "features", 0, epochs, s, total, n * views, n * views))
+        vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+            "features", 0, epochs, len(train_views) + s, total, n, n))
+        # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
+        train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
+                                      seed=config.seed, drop_last=n_train > bs)
+        eval_loader = FeatureBatches(vf, vl, 256)
         module: nn.Module = net.head
-        unit = 0.02  # per image in head epochs, matching the clock's total above
     else:
-        clock = _Clock(epochs * (n_train + n_val), callback, cancel)
-        clock.check_cancel()
-        train_set = None
-        train_loader = make_loader(ImageDataset(train_items, train_tf, max_side), bs, device, shuffle=True,
-                                   seed=config.seed, drop_last=n_train > bs)
-        eval_loader = make_loader(ImageDataset(val_items, eval_tf, max_side), bs, device, shuffle=False)
-        module = net
         unit = 1.0
+        clock = _Clock(epochs * per_epoch, callback, cancel)
+        clock.check_cancel()
+        # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
+        train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=config.seed,
+                                     drop_last=n_train > bs, persistent=True, cache_decoded=True)
+        eval_loader = image_batches(val_items, pre, [False], device.feature_batch or bs, device, persistent=True,
+                                    cache_decoded=True)
+        module = net
 
-    optimizer = make_optimizer(net, strategy, config)
+    optimizer = make_optimizer(net, strategy, config, device)
     total_steps = epochs * len(train_loader)
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
     scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
@@ -364,8 +372,6 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     stopped_early = False
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        if train_set is not None:
-            train_set.resample()
         clock.new_phase()
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(
@@ -389,7 +395,8 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
             break
     if best_state is not None and best_epoch != history[-1].epoch:
         module.load_state_dict(best_state)
-    net.eval()
+    # Back to the default layout, so that this net and one loaded from disk compute identically.
+    net.to(memory_format=torch.contiguous_format).eval()
     return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, stopped_early, best_out)
 
 

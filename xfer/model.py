@@ -212,7 +212,9 @@ def load_model(folder: str | os.PathLike, device: torch.device | str = "cpu") ->
     with torch.device("meta"):
         net = build_network(spec, weights=None)
     try:
-        net.load_state_dict(state, strict=True, assign=True)
+        # clone(): fresh, aligned storage; tensors viewing into the file's buffer can take other
+        # kernel paths and give last-bit differences from the model that was saved.
+        net.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as e:
         raise ModelError(
             f"The weights in {folder} do not match its config.json ({spec.backbone}, {spec.strategy}, "

@@ -14,19 +14,33 @@ from .backbones import Preprocessing
 from .data import ImageSource, open_image
 
 
-def make_transform(pre: Preprocessing, train: bool = False) -> Callable:
+#: RandomResizedCrop's range of crop areas (fraction of the image) and aspect ratios, shared
+#: with the GPU pipeline (:mod:`xfer.pipeline`) so both paths augment alike.
+TRAIN_SCALE = (0.35, 1.0)
+TRAIN_RATIO = (3 / 4, 4 / 3)
+
+
+def make_transform(pre: Preprocessing, train: bool = False, normalize: bool = True) -> Callable:
     """The eval transform (resize, centre crop, normalise) or the augmented training one
-    (random resized crop and horizontal flip), with the weights' mean and std."""
+    (random resized crop and horizontal flip), with the weights' mean and std.
+
+    ``normalize=False`` stops at the uint8 crop: a GPU then receives a quarter of the
+    bytes and does the float conversion and normalisation itself (:mod:`xfer.pipeline`).
+    """
     interp = InterpolationMode(pre.interpolation)
     if train:
-        geometry = [T.RandomResizedCrop(pre.crop_size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
+        geometry = [T.RandomResizedCrop(pre.crop_size, scale=TRAIN_SCALE, ratio=TRAIN_RATIO, interpolation=interp,
+                                        antialias=True),
                     T.RandomHorizontalFlip()]
     else:
         geometry = [T.Resize(pre.resize_size, interpolation=interp, antialias=True), T.CenterCrop(pre.crop_size)]
-    return T.Compose([
-        T.ToImage(), *geometry, T.ToDtype(torch.float32, scale=True),
-        T.Normalize(mean=list(pre.mean), std=list(pre.std)),
-    ])
+    tail = [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    return T.Compose([T.ToImage(), *geometry, *(tail if normalize else []), _plain])
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    # tv_tensors.Image -> Tensor: batches collate, pin and move as ordinary tensors.
+    return x.as_subclass(torch.Tensor)
 
 
 class ImageDataset(Dataset):

@@ -1,0 +1,178 @@
+"""The app through its API: the real server (``python app.py``) driven by ``gradio_client``.
+
+Each ``Client`` is one visitor (its own session). Tiny data (5 classes of 64-px
+flower photos), resnet18 with random weights: every training run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_server import FIVE_CLASSES, AppServer, flower_subset, zip_folder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, flowers_dir) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("app-data")
+    bundled = flower_subset(tmp / "bundled", flowers_dir, per_class=6)
+    upload = flower_subset(tmp / "upload" / "flowers", flowers_dir, per_class=8, offset=10)
+    probe = flower_subset(tmp / "probe", flowers_dir, per_class=1, offset=30, classes=("roses",))
+    return {"bundled": bundled, "zip": zip_folder(upload, tmp / "flowers.zip"), "upload": upload,
+            "image": next((probe / "roses").iterdir()), "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data):
+    srv = AppServer(tmp_path_factory.mktemp("app-api"), flowers=data["bundled"])
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.stop()
+
+
+def client(server: AppServer) -> Client:
+    return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))
+
+
+def error_of(call) -> str:
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def train(c: Client, **kwargs) -> list:
+    """Run /train to the end; returns every update it streamed (each a tuple of outputs)."""
+    job = c.submit(api_name="/train", **kwargs)
+    updates = list(job)
+    job.result()
+    return updates
+
+
+def test_endpoints_have_names(server):
+    api = client(server).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/use_flowers", "/upload_zip", "/add_images", "/train", "/stop", "/evaluate", "/predict",
+                 "/explain", "/load_model_dir", "/upload_model", "/download_model", "/push", "/pull"):
+        assert name in api, name
+    train_params = [p["parameter_name"] for p in api["/train"]["parameters"]]
+    assert train_params == ["backbone", "strategy_name", "epochs", "lr", "batch_size", "image_size", "augment",
+                            "pretrained", "max_per_class"]
+
+
+def test_errors_are_one_readable_line(server, data):
+    c = client(server)
+    broken = data["tmp"] / "broken.zip"
+    broken.write_bytes(b"this is not a zip archive at all")
+    assert "zip archive: give a .zip" in error_of(lambda: c.predict(handle_file(str(broken)), api_name="/upload_zip"))
+    assert "no dataset yet" in error_of(lambda: c.predict(api_name="/train"))
+    assert "no model yet" in error_of(lambda: c.predict(handle_file(str(data["image"])), api_name="/predict"))
+    assert "no model yet" in error_of(lambda: c.predict(api_name="/download_model"))
+    assert "is not a folder" in error_of(lambda: c.predict("/no/such/model", api_name="/load_model_dir"))
+    # A dataset zip is not a model zip.
+    assert "holds no xfer model" in error_of(lambda: c.predict(handle_file(str(data["zip"])), api_name="/upload_model"))
+    # One class only: the report says so, and training refuses with what to do.
+    one = zip_folder(flower_subset(data["tmp"] / "one" / "only-roses", data["upload"], per_class=3,
+                                   classes=("roses",)), data["tmp"] / "one.zip")
+    summary = c.predict(handle_file(str(one)), api_name="/upload_zip")[0]
+    assert "3 images in 1 classes" in summary and "at least 2 classes" in summary
+    assert "at least 2 classes" in error_of(lambda: c.predict(api_name="/train"))
+    # Settings out of range are refused by the library with a readable message.
+    c.predict(handle_file(str(data["zip"])), api_name="/upload_zip")
+    assert "learning rate must be positive" in error_of(lambda: c.predict(lr=0, api_name="/train"))
+
+
+def test_upload_train_predict_download(server, data):
+    c = client(server)
+    summary, counts, gallery, skipped, examples, _ = c.predict(handle_file(str(data["zip"])), api_name="/upload_zip")
+    assert "40 images in 5 classes" in summary
+    assert counts["data"] and sorted(row[0] for row in counts["data"]) == sorted(FIVE_CLASSES)
+    assert len(gallery) == 20 and len(examples) == 20  # 4 per class
+
+    updates = train(c, epochs=2)
+    progress = [u[0] for u in updates if isinstance(u[0], str) and "images/s" in u[0]]
+    assert progress, "no per-batch progress was streamed"
+    assert "ETA" in progress[-1]
+    final = updates[-1]
+    assert "Validation accuracy" in final[1] and "saved" in final[1]
+    loss_plot = final[2]
+    assert len(loss_plot["data"]) == 4  # 2 epochs x (train, validation)
+
+    label = c.predict(handle_file(str(data["image"])), api_name="/predict")
+    confidences = {d["label"]: d["confidence"] for d in label["confidences"]}
+    assert set(confidences) == set(FIVE_CLASSES)
+    assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
+    assert label["label"] == max(confidences, key=confidences.get)
+    heat = c.predict(handle_file(str(data["image"])), api_name="/explain")
+    with Image.open(heat) as im:
+        assert im.size == (224, 224)
+
+    zip_path = c.predict(api_name="/download_model")
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(Path(n).name for n in zf.namelist())
+        assert names == ["README.md", "config.json", "model.safetensors"]
+        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))
+    assert cfg["backbone"] == "resnet18" and cfg["classes"] == sorted(FIVE_CLASSES)
+
+    # Another visitor has their own session: no model there...
+    other = client(server)
+    assert "no model yet" in error_of(lambda: other.predict(handle_file(str(data["image"])), api_name="/predict"))
+    # ...until they upload the downloaded zip, which then predicts exactly the same.
+    info = other.predict(handle_file(zip_path), api_name="/upload_model")[0]
+    assert "resnet18" in info and "5 classes" in info
+    again = other.predict(handle_file(str(data["image"])), api_name="/predict")
+    assert {d["label"]: round(d["confidence"], 5) for d in again["confidences"]} == \
+           {k: round(v, 5) for k, v in confidences.items()}
+
+
+def test_bundled_flowers_and_own_classes(server, data):
+    c = client(server)
+    summary = c.predict(api_name="/use_flowers")[0]
+    assert "30 images in 5 classes" in summary  # XFER_FLOWERS_DIR: the 6-per-class subset
+    roses = sorted((data["upload"] / "roses").iterdir())
+    daisies = sorted((data["upload"] / "daisy").iterdir())
+    out = c.predict("roses", [handle_file(str(p)) for p in roses[:3]], api_name="/add_images")
+    assert "3 images in 1 classes" in out[0] and "at least 2 classes" in out[0]
+    out = c.predict("daisy", [handle_file(str(p)) for p in daisies[:4]], api_name="/add_images")
+    assert "7 images in 2 classes" in out[0]
+    assert {row[0]: row[1] for row in out[1]["data"]} == {"daisy": 4, "roses": 3}
+    assert "Type a class name" in error_of(lambda: c.predict(" ", [handle_file(str(roses[0]))], api_name="/add_images"))
+    assert "Classes cleared" in c.predict(api_name="/clear_classes")[0]
+
+
+def test_stop_keeps_the_previous_model(server, data):
+    c = client(server)
+    c.predict(handle_file(str(data["zip"])), api_name="/upload_zip")
+    train(c, epochs=1)
+    before = c.predict(handle_file(str(data["image"])), api_name="/predict")
+
+    # A long run (fine-tuning the whole network for 200 epochs), stopped as soon as it is under way.
+    job = c.submit(strategy_name="finetune", epochs=200, api_name="/train")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            isinstance(o[0], str) and "epoch" in o[0] for o in job.outputs()):
+        time.sleep(0.2)
+    assert not job.done(), "the long run finished before it could be stopped"
+    t0 = time.monotonic()
+    stopped = c.predict(api_name="/stop")
+    assert "Training was stopped" in stopped[0] and "previous model is still used" in stopped[0]
+    job.result(timeout=60)
+    assert time.monotonic() - t0 < 30  # stops within a batch, not at the end of the run
+    assert "Training was stopped" in job.outputs()[-1][1]
+
+    after = c.predict(handle_file(str(data["image"])), api_name="/predict")
+    assert after == before  # the first model still answers, unchanged
+    with zipfile.ZipFile(c.predict(api_name="/download_model")) as zf:
+        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))
+    assert cfg["strategy"] == "head" and cfg["training"]["epochs"] == 1  # nothing of the stopped run was saved
+    assert "Nothing is training" in c.predict(api_name="/stop")[0]

@@ -1,0 +1,131 @@
+"""The backbone registry, the strategy table, and the networks they build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xfer import ConfigError, WeightsError
+from xfer.backbones import (get_backbone, list_backbones, load_pretrained, load_state_dict_file,
+                            pretrained_available)
+from xfer.strategies import STRATEGIES, build_network, make_spec, param_groups
+
+TORCHVISION = ["vgg16", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"]
+
+
+def test_registry_lists_vgg16_first_and_the_others():
+    names = list_backbones()
+    assert names[0] == "vgg16"
+    assert set(TORCHVISION) <= set(names)
+    with pytest.raises(ConfigError, match="choose one of"):
+        get_backbone("alexnet9000")
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_weights_carry_preprocessing_and_labels(name):
+    b = get_backbone(name)
+    pre = b.get_preprocessing()
+    assert pre.crop_size == 224 and pre.resize_size >= 224 and len(pre.mean) == 3
+    assert len(b.get_categories()) == 1000
+    assert pre.for_size(112).crop_size == 112 and pre.for_size(112).resize_size == round(112 * pre.resize_size / 224)
+
+
+def test_strategy_table_is_complete():
+    assert list(STRATEGIES) == ["head", "truncate", "finetune", "scratch"]
+    for s in STRATEGIES.values():
+        assert s.title and s.summary and len(s.explanation) > 100
+    assert STRATEGIES["head"].frozen and STRATEGIES["truncate"].frozen
+    assert not STRATEGIES["finetune"].frozen and not STRATEGIES["scratch"].pretrained
+    assert STRATEGIES["truncate"].keep == "early" and STRATEGIES["truncate"].hidden
+
+
+# Every strategy on two small backbones; the frozen ones (cheap: no backward through the body) on all.
+CASES = [(b, s) for b in ("resnet18", "mobilenet_v3_large") for s in STRATEGIES] + [
+    (b, s) for b in ("efficientnet_b0", "convnext_tiny", "vgg16", "resnet50") for s in ("head", "truncate")]
+
+
+@pytest.mark.parametrize("backbone,strategy", CASES)
+def test_strategy_freezes_what_it_says_and_output_width(backbone, strategy):
+    torch.manual_seed(0)
+    net = build_network(make_spec(backbone, strategy, num_classes=3))
+    frozen = STRATEGIES[strategy].frozen
+    assert all(p.requires_grad != frozen for p in net.body.parameters())
+    assert all(p.requires_grad for p in net.head.parameters())
+    net.train()
+    assert net.body.training is not frozen  # a frozen body stays in eval mode
+    x = torch.randn(2, 3, 32, 32)
+    out = net(x)
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    for p in net.body.parameters():
+        assert (p.grad is None) == frozen
+    assert all(p.grad is not None for p in net.head.parameters())
+
+
+def test_truncate_keeps_only_early_stages():
+    full = build_network(make_spec("resnet18", "head", 4))
+    cut2 = build_network(make_spec("resnet18", "truncate", 4, cut=2))
+    assert sum(p.numel() for p in cut2.body.parameters()) < sum(p.numel() for p in full.body.parameters()) / 10
+    assert isinstance(cut2.head[1], nn.Linear) and cut2.head[1].in_features == 64  # layer1 width
+    with pytest.raises(ConfigError, match="between 1 and 4"):
+        make_spec("resnet18", "truncate", 4, cut=5)
+
+
+def test_finetune_body_learns_slower_than_head():
+    net = build_network(make_spec("resnet18", "finetune", 3))
+    lrs = {g["lr"] for g in param_groups(net, "finetune", 1e-3, 1e-4)}
+    assert lrs == {1e-3, 1e-4}
+    head_only = build_network(make_spec("resnet18", "head", 3))
+    groups = param_groups(head_only, "head", 1e-3, 1e-4)
+    assert sum(len(g["params"]) for g in groups) == len(list(head_only.head.parameters()))
+
+
+def test_reinit_resets_the_last_layers():
+    torch.manual_seed(0)
+    a = build_network(make_spec("resnet18", "finetune", 3))
+    b_state = {k: v.clone() for k, v in a.body.state_dict().items()}
+    from xfer.strategies import reinit_last_layers
+
+    assert reinit_last_layers(a.body, 2) == 2
+    changed = [k for k, v in a.body.state_dict().items() if not torch.equal(v, b_state[k])]
+    assert changed and all(k.startswith("layer4.1.") for k in changed)
+
+
+def test_local_weights_file_loads_and_mismatch_is_clear(tmp_path):
+    src = get_backbone("resnet18").make()
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    net = build_network(make_spec("resnet18", "head", 3), weights=tmp_path / "r18.pth")
+    assert torch.equal(net.body.conv1.weight, src.conv1.weight)
+    torch.save(get_backbone("mobilenet_v3_large").make().state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(WeightsError, match="do not fit resnet18"):
+        build_network(make_spec("resnet18", "head", 3), weights=tmp_path / "wrong.pth")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_state_dict_file(tmp_path / "missing.pth")
+
+
+def test_pickle_weights_are_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
+    with pytest.raises(WeightsError):
+        load_state_dict_file(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_offline_imagenet_weights_give_actionable_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    import torch.hub as th
+
+    def offline(*a, **k):
+        raise OSError("Temporary failure in name resolution")
+    monkeypatch.setattr(th, "download_url_to_file", offline)
+    assert not pretrained_available("vgg16")
+    with pytest.raises(WeightsError) as e:
+        load_pretrained(get_backbone("resnet18").make(), "resnet18", "imagenet")
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg and "--weights none" in msg

