@@ -408,13 +408,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         content_type: str = "application/octet-stream",
         method: str = "GET",
-        content_length: int | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
+        self.send_header("Content-Length", str(len(body)))  # also for HEAD: the client reads the size from it
         for key, value in (headers or {}).items():
-            self.send_header(key, value)
+            # http.server encodes header values as latin-1: escape anything else (e.g. a unicode path in a message).
+            self.send_header(key, value.encode("ascii", "backslashreplace").decode("ascii"))
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(body)
@@ -932,7 +932,6 @@ class HubServer:
             # Quoted git blob id, like the Hub for non-LFS files; the client uses it as the cache blob name.
             "ETag": f'"{info["oid"]}"',
             "Accept-Ranges": "bytes",
-            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
         }
         status, start, end = 200, 0, len(content)
         range_header = h.headers.get("Range")

@@ -127,7 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.images:
         try:
-            image = open_image(path)
+            image = open_image(path, max_side=2 * model.preprocessing.resize_size)  # a huge file is shrunk at once
             top = predict(model, [image], k=args.top_k)[0]
         except DataError as e:
             failed += 1

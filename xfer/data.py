@@ -8,6 +8,7 @@ training, the advisor and the UI work from.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -42,8 +43,10 @@ MAX_IMAGE_PIXELS = int(os.environ.get("XFER_MAX_IMAGE_PIXELS", 100_000_000))
 MAX_EXTRACT_BYTES = int(os.environ.get("XFER_MAX_EXTRACT_BYTES", 2 * 1024**3))
 #: ...or hold more entries than this.
 MAX_ARCHIVE_FILES = int(os.environ.get("XFER_MAX_ARCHIVE_FILES", 100_000))
-#: A member that inflates more than this ratio (and past 1 MB) is a zip bomb, not an image.
+#: A member that inflates more than this ratio (and past 1 MB) is a zip bomb, not an image;
+#: so is a whole archive that does (past 16 MB): many small bombs instead of one big one.
 MAX_COMPRESSION_RATIO = 100
+BOMB_MIN_BYTES, BOMB_MIN_TOTAL_BYTES = 1_000_000, 16_000_000
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
@@ -74,12 +77,30 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _check_pixels(name: str, w: int, h: int) -> None:
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{name}: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit "
+            "(a decompression bomb?): resize the image."
+        )
+    if w < 1 or h < 1:
+        raise DataError(f"{name}: the image is empty (0 pixels).")
+
+
+def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-reduce by an integer factor while the shorter side stays >= ``max_side`` (what JPEG's
+    draft mode does while decoding): a 90 MP PNG must not reach the resize as a 1 GB float tensor."""
+    factor = min(img.size) // max_side if max_side else 0
+    return img.reduce(factor) if factor >= 2 else img
+
+
 def open_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
     """Open an image from a path, bytes, a PIL image or an array, as upright 8-bit RGB.
 
     Handles grayscale, CMYK, palette, RGBA, 16-bit, animated (first frame) and EXIF
     orientation. ``max_side`` lets JPEG decoding skip detail that would be thrown away
-    (a large photo decodes several times faster). Raises :class:`DataError` with the
+    (a large photo decodes several times faster) and shrinks other large images right
+    after decoding, keeping the shorter side at least ``max_side``. Raises :class:`DataError` with the
     reason when the file is not a usable image, including decompression bombs.
     """
     if isinstance(source, np.ndarray):
@@ -90,38 +111,44 @@ def open_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
             return _to_rgb(Image.fromarray(arr.squeeze() if arr.ndim == 3 and arr.shape[2] == 1 else arr))
         raise DataError(f"An image array must be HxW or HxWx3/4, got shape {arr.shape}.")
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source) or source)
+        # A PIL image may still be lazy (the app's upload widget opens files without decoding them):
+        # apply the same pixel limit, and turn a decoding failure into a DataError.
+        _check_pixels("image", *source.size)
+        try:
+            return _shrink(_to_rgb(ImageOps.exif_transpose(source) or source), max_side)
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
+            raise DataError(f"image: cannot decode the image ({type(e).__name__}: {e}): "
+                            "the file is damaged; export it again.") from None
     name = "image" if isinstance(source, bytes) else str(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns past its own limit (89 MP); ours is checked below, before any decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DataError(
-                        f"{name}: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit "
-                        "(a decompression bomb?): resize the image."
-                    )
-                if w < 1 or h < 1:
-                    raise DataError(f"{name}: the image is empty (0 pixels).")
+                _check_pixels(name, *img.size)
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 if max_side and img.format == "JPEG":
                     img.draft("RGB", (max_side, max_side))
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                if img.mode in ("L", "RGB"):  # reduce before converting: the big copy is never made
+                    img = _shrink(img, max_side)
+                return _shrink(_to_rgb(img), max_side)
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{name}: no such file.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{name}: refused as a decompression bomb ({e}).") from None
+    except Image.DecompressionBombError:  # Pillow's hard limit (twice its own): far over ours too
+        raise DataError(f"{name}: over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit (a decompression bomb?): "
+                        "resize the image.") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image (or a format Pillow cannot read).") from None
+        raise DataError(f"{name}: not an image (or a format Pillow cannot read): "
+                        "use a JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
-        raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e}).") from None
+        raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e}): "
+                        "the file is damaged; export it again.") from None
 
 
 # --- archives ---------------------------------------------------------------------------
@@ -149,7 +176,9 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
     Never writes outside ``dest``: absolute paths, ``..`` entries and symlinks are
     skipped. Junk (``__MACOSX/``, dot files) is ignored. An archive that would inflate
     past ``max_bytes`` (counted while writing, not trusted from its headers), or that
-    holds a member compressed suspiciously well, is refused and nothing is left behind.
+    holds a member (or is as a whole) compressed suspiciously well, is refused from its
+    headers before anything is written. Members whose names the file system refuses (too
+    long) are skipped.
     """
     dest = Path(dest)
     skipped: list[tuple[str, str]] = []
@@ -163,6 +192,19 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
         infos = zf.infolist()
         if len(infos) > max_files:
             raise DataError(f"The archive holds {len(infos)} entries, over the limit of {max_files}.")
+        # Refuse from the headers before writing anything; the byte count below still guards against lies.
+        for info in infos:
+            if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+                raise DataError(
+                    f"{info.filename} inflates {info.file_size // max(info.compress_size, 1)}x "
+                    "(a zip bomb?): the archive was refused."
+                )
+        total = sum(i.file_size for i in infos if not i.is_dir())
+        packed = max(sum(i.compress_size for i in infos if not i.is_dir()), 1)
+        if total > max_bytes:
+            raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
+        if total > BOMB_MIN_TOTAL_BYTES and total > MAX_COMPRESSION_RATIO * packed:
+            raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
         dest.mkdir(parents=True, exist_ok=True)
         written = 0
         try:
@@ -178,19 +220,21 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                 if stat.S_ISLNK(info.external_attr >> 16):
                     skipped.append((info.filename, "symbolic link, skipped"))
                     continue
-                if info.file_size > 1_000_000 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-                    raise DataError(
-                        f"{info.filename} inflates {info.file_size // max(info.compress_size, 1)}x "
-                        "(a zip bomb?): the archive was refused."
-                    )
                 if written + info.file_size > max_bytes:
                     raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
                 target = dest.joinpath(*rel.parts)
                 if not target.resolve().is_relative_to(dest.resolve()):
                     skipped.append((info.filename, "unsafe path, skipped"))
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    out = open(target, "wb")
+                except OSError as e:
+                    if e.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
+                        raise
+                    skipped.append((info.filename, "file name not allowed on this system, skipped"))
+                    continue
+                with zf.open(info) as src, out:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
                         if written > max_bytes:
@@ -445,12 +489,19 @@ def load_dataset(source: str | os.PathLike, work_dir: str | os.PathLike | None =
         return scan_folder(path, min_images=min_images)
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path.name} is neither a folder nor a zip archive: give a .zip of one folder per class.")
+    created = work_dir is None
     if work_dir is None:
         base = cache_dir() / "uploads"
         base.mkdir(parents=True, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="data-", dir=base)
-    skipped = extract_zip(path, work_dir)
-    report = scan_folder(work_dir, min_images=min_images)
+    try:
+        skipped = extract_zip(path, work_dir)
+        report = scan_folder(work_dir, min_images=min_images)
+    except DataError as e:
+        if created:  # a refused or empty archive leaves nothing behind in the cache
+            shutil.rmtree(work_dir, ignore_errors=True)
+        # About the user's archive, not the server's extraction folder.
+        raise DataError(str(e).replace(str(work_dir), path.name)) from None
     report.skipped = [Skipped(f"{path.name}:{m}", r) for m, r in skipped] + report.skipped
     return report
 

@@ -59,7 +59,7 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto.")
         dev = torch.device(name)
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp = torch.bfloat16 if _native_bf16(dev) else torch.float16
         # Fixed input sizes: let cuDNN time its algorithms once; fp32 leftovers (outside autocast) may use TF32.
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -84,3 +84,11 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _native_bf16(dev: torch.device) -> bool:
+    """bf16 in hardware (Ampere and later); torch also says yes where it only emulates it, slowly."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch: no emulation flag
+        return torch.cuda.get_device_capability(dev)[0] >= 8

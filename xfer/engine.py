@@ -388,7 +388,8 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
             callback(stats)
         if out.accuracy > best_acc:
             best_acc, best_epoch, best_out = out.accuracy, epoch, out
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            # A copy on the device: no copy to the host (and wait for it) after every improving epoch.
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         elif config.patience is not None and epoch - best_epoch >= config.patience:
             stopped_early = True
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)

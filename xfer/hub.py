@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 #: The files of a model repo; the only ones pushed and the only ones pulled.
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
-_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9_]{4,}")
+# User access tokens are "hf_" and 34 letters/digits; shorter hf_ words (hf_hub_download) are left alone.
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
 class PushResult(NamedTuple):
@@ -95,8 +96,8 @@ def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | Non
              endpoint: str) -> str:
     """One line saying what went wrong talking to the Hub and what to do about it."""
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     login = "pass --token (token=), set HF_TOKEN or run `hf auth login`"
     # snapshot_download reports "not in the cache" and hides why the Hub could not be asked: use the cause.
@@ -121,6 +122,9 @@ def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | Non
         who = "the token given cannot see it" if token or _secrets(None) else "no token was given"
         return (f"Repository {repo_id} was not found on {endpoint}, or it is private and {who}: "
                 f"check the id, or {login} with access to it.")
+    if isinstance(e, RemoteEntryNotFoundError):
+        return (f"{repo_id}{_at(revision)} lists a file the Hub cannot serve ({_first_line(e)}): "
+                "push the model again, or pull another revision.")
     if isinstance(e, HfHubHTTPError):
         status = _status(e)
         if status == 401:
@@ -245,18 +249,37 @@ def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, p
 
 def _snapshot(repo_id: str, revision: str | None, token: str | None, cache_dir: str | os.PathLike | None,
               endpoint: str | None) -> Path:
-    """Download (or find in the cache) the repo's model files; returns the snapshot folder."""
-    from huggingface_hub import snapshot_download
+    """Download (or find in the cache) the repo's model files; returns the snapshot folder.
+
+    The Hub is asked first whether this token may read ``revision``: snapshot_download alone
+    answers a refusal (private repo, wrong token) with the cached copy when there is one, which
+    on a shared machine (the app) would hand one user's private model to another. The cache
+    stands in only when the Hub cannot be reached (offline mode, no connection).
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     if not isinstance(repo_id, str) or not repo_id.strip():
         raise ConfigError("Give the Hub repo to pull as 'user/name'.")
     repo_id = repo_id.strip()
     ep = _endpoint(endpoint)
+    unreachable: Exception | None = None
+    try:
+        HfApi(endpoint=ep, token=token).repo_info(repo_id, repo_type="model", revision=revision)
+    except Exception as e:
+        if not (isinstance(e, OfflineModeIsEnabled) or _network_error(e)):
+            raise _hub_error(e, action="pull", repo_id=repo_id, revision=revision, token=token,
+                             endpoint=ep) from None
+        log.info("the Hub cannot be reached (%s): looking for %s in the cache", type(e).__name__, repo_id)
+        unreachable = e
     try:
         path = snapshot_download(repo_id, repo_type="model", revision=revision, token=token,
                                  cache_dir=None if cache_dir is None else str(cache_dir), endpoint=ep,
-                                 allow_patterns=list(HUB_FILES), library_name="xfer")
+                                 allow_patterns=list(HUB_FILES), library_name="xfer",
+                                 local_files_only=unreachable is not None)
     except Exception as e:
+        if unreachable is not None and isinstance(e, LocalEntryNotFoundError):
+            e.__cause__ = unreachable  # say why the Hub was not asked, not just "not in the cache"
         raise _hub_error(e, action="pull", repo_id=repo_id, revision=revision, token=token, endpoint=ep) from None
     return Path(path)
 

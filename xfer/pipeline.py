@@ -21,6 +21,7 @@ cache: the clean view plus augmented ones, from one decode).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -235,6 +236,10 @@ class JpegBatches:
         self.cache_bytes, self.cached_bytes = cache_bytes, 0
         self.read_threads = read_threads
         self.gpu_decode = True  # off once nvJPEG fails wholesale (a torchvision built without it): Pillow then
+        # nvJPEG writes its outputs from a stream of its own. Allocating them on a stream of ours (and marking
+        # them used by the main one) keeps the caching allocator from handing nvJPEG a block that queued
+        # main-stream kernels still read.
+        self.decode_stream = torch.cuda.Stream(device.device) if device.type == "cuda" else None
 
     def __len__(self) -> int:
         n = len(self.items)
@@ -272,20 +277,20 @@ class JpegBatches:
         dev = self.device.device
         out: dict[int, torch.Tensor] = {}
         jpeg = [(i, data, o) for i, (data, o, _) in reads if data is not None]
-        if jpeg:
+        if jpeg and self.gpu_decode:
             from torchvision.io import ImageReadMode, decode_jpeg
 
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), self._decoding():
                     warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to torchcodec
                     imgs = decode_jpeg([torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in jpeg],
                                        mode=ImageReadMode.RGB, device=dev)
-                for (i, _, o), img in zip(jpeg, imgs):
+                for (i, _, o), img in zip(jpeg, self._hand_over(imgs)):
                     out[i] = _orient(img, o)
             except RuntimeError as e:
                 # One bad file fails the batch: redo it one by one; what still fails goes to Pillow.
                 log.info("batched JPEG decode failed (%s); decoding this batch one image at a time", e)
-                if not self._decode_singly(jpeg, out):
+                if not self._decode_singly(jpeg, out) and len(jpeg) > 1:  # all failed: the decoder, not a file
                     self.gpu_decode = False
                     log.warning("JPEG decoding on %s is unavailable (%s): decoding with Pillow", dev, e)
         for i, (data, _, arr) in reads:
@@ -307,15 +312,28 @@ class JpegBatches:
         worked = False
         for i, d, o in jpeg:
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), self._decoding():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     img = decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8), mode=ImageReadMode.RGB,
                                       device=self.device.device)
-                out[i] = _orient(img, o)
+                out[i] = _orient(self._hand_over([img])[0], o)
                 worked = True
             except RuntimeError:
                 pass
         return worked
+
+    def _decoding(self):
+        """Decode under our own stream on CUDA (see ``decode_stream``)."""
+        return torch.cuda.stream(self.decode_stream) if self.decode_stream is not None else contextlib.nullcontext()
+
+    def _hand_over(self, imgs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Order the decoded images before the main stream's use of them, and tell the allocator about that use."""
+        if self.decode_stream is not None:
+            main = torch.cuda.current_stream(self.device.device)
+            main.wait_stream(self.decode_stream)
+            for img in imgs:
+                img.record_stream(main)
+        return imgs
 
     def _assemble(self, images: list[torch.Tensor]) -> torch.Tensor:
         s, resize = self.pre.crop_size, self.pre.resize_size

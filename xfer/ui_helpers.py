@@ -62,7 +62,8 @@ class Session:
         self._workdir: Path | None = None
 
     def __repr__(self) -> str:
-        return f"Session({self.id[:8]}, classes={self.report.classes if self.report else None}, model={self.model is not None})"
+        classes = self.report.classes if self.report else None
+        return f"Session({self.id[:8]}, classes={classes}, model={self.model is not None})"
 
     def __deepcopy__(self, memo: dict) -> "Session":
         return Session()
@@ -122,15 +123,17 @@ def cap_per_class(report: DatasetReport, per_class: int | None, seed: int = 0) -
     """The same dataset with at most ``per_class`` images per class (0 or None: all of them)."""
     if not per_class or per_class <= 0 or all(n <= per_class for n in report.counts.values()):
         return report
-    return DatasetReport(root=report.root, classes=list(report.classes),
-                         items=sorted(subsample(report.items, int(per_class), seed=seed), key=lambda t: (t[1], str(t[0]))),
+    items = sorted(subsample(report.items, int(per_class), seed=seed), key=lambda t: (t[1], str(t[0])))
+    return DatasetReport(root=report.root, classes=list(report.classes), items=items,
                          skipped=report.skipped, duplicates=report.duplicates, warnings=report.warnings)
 
 
 def counts_frame(report: DatasetReport | None) -> pd.DataFrame:
     """Images per class, for a bar chart."""
     counts = report.counts if report else {}
-    return pd.DataFrame({"class": list(counts), "images": list(counts.values())})
+    # Explicit dtypes: an empty frame would otherwise be "object", which plots take as categories.
+    return pd.DataFrame({"class": pd.Series(list(counts), dtype=str),
+                         "images": pd.Series(list(counts.values()), dtype="int64")})
 
 
 def skipped_frame(report: DatasetReport | None) -> pd.DataFrame:
@@ -140,7 +143,8 @@ def skipped_frame(report: DatasetReport | None) -> pd.DataFrame:
         rows = [(_short(s.path, report.root), s.reason) for s in report.skipped]
         for group in report.duplicates:
             classes = sorted({Path(p).parent.name for p in group})
-            what = "identical files in " + (f"classes {', '.join(classes)}" if len(classes) > 1 else f"class {classes[0]}")
+            where = f"classes {', '.join(classes)}" if len(classes) > 1 else f"class {classes[0]}"
+            what = f"identical files in {where}"
             rows.append((", ".join(_short(p, report.root) for p in group), what))
     return pd.DataFrame(rows, columns=["file", "reason"])
 
@@ -156,7 +160,8 @@ def _short(path: str, root: Path) -> str:
 def report_markdown(report: DatasetReport, shown_root: str | None = None) -> str:
     """The dataset report as a few lines of Markdown."""
     counts = report.counts
-    lines = [f"**{report.num_images} images in {len(report.classes)} classes** "
+    n = len(report.classes)
+    lines = [f"**{report.num_images} images in {n} class{'es' * (n != 1)}** "
              f"({escape(shown_root or report.root.name)})"]
     if counts:
         lines.append(", ".join(f"{escape(c)}: {n}" for c, n in counts.items()))
@@ -167,9 +172,9 @@ def report_markdown(report: DatasetReport, shown_root: str | None = None) -> str
         cross = sum(1 for g in report.duplicates if len({Path(p).parent for p in g}) > 1)
         lines.append(f"{len(report.duplicates)} group{'s' * (len(report.duplicates) != 1)} of identical files"
                      f"{f' ({cross} across classes)' if cross else ''}.")
-    lines += [f"⚠️ {escape(w)}" for w in report.warnings]
+    lines += [f"Warning: {escape(w)}" for w in report.warnings]
     if len(report.classes) < 2:
-        lines.append("⚠️ Training needs at least 2 classes: add another class.")
+        lines.append("**Training needs at least 2 classes: add another class.**")
     else:
         lines.append("Next: **2 · Train**.")
     return "\n\n".join(lines)
@@ -216,7 +221,7 @@ def strategy_markdown(name: str | None) -> str:
 def recommendation_markdown(rec: Any | None) -> str:
     if rec is None:
         return "The advisor recommends a strategy once a dataset is loaded."
-    return f"💡 **Recommended: {rec.strategy}** (pre-selected). {escape(rec.reason)}"
+    return f"**Recommended: {rec.strategy}** (pre-selected). {escape(rec.reason)}"
 
 
 # --- training progress ---------------------------------------------------------------------------
@@ -257,9 +262,13 @@ def history_frames(history: Sequence[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
         h = h if isinstance(h, dict) else vars(h)
         loss += [(h["epoch"], h["train_loss"], "train"), (h["epoch"], h["val_loss"], "validation")]
         acc += [(h["epoch"], h["train_accuracy"], "train"), (h["epoch"], h["val_accuracy"], "validation")]
-    cols = ["epoch", "value", "series"]
-    return (pd.DataFrame(loss, columns=cols).rename(columns={"value": "loss"}),
-            pd.DataFrame(acc, columns=cols).rename(columns={"value": "accuracy"}))
+    def frame(rows: list, name: str) -> pd.DataFrame:
+        # Explicit dtypes: an empty frame would otherwise be "object", which plots take as categories.
+        return pd.DataFrame({"epoch": pd.Series([r[0] for r in rows], dtype="int64"),
+                             name: pd.Series([r[1] for r in rows], dtype="float64"),
+                             "series": pd.Series([r[2] for r in rows], dtype=str)})
+
+    return frame(loss, "loss"), frame(acc, "accuracy")
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Validation accuracy of the four strategies on the real flower photos, with efficientnet_lite0.
+
+Trains with ``xfer.train`` on a stratified 15% held-out split (fixed seed) of the
+flower photos (``XFER_FLOWERS_DIR``, else ``../shared/flowers/train``, else the
+cached/downloaded set) and prints a markdown table: validation accuracy (best
+epoch, and last epoch), per-class recall, wall and CPU time, and the load average
+around each run (the machine may be shared: wall times then say little).
+
+    python bench/accuracy.py                      # the full run (about an hour on 2 busy cores)
+    python bench/accuracy.py --quick              # smoke check: 40 images per class, small budgets
+    python bench/accuracy.py --only head,finetune --out bench/results/accuracy.md
+
+The seed tutorial's recipe (VGG-16 with classifier[6] replaced, SGD lr 0.001, 2 epochs,
+inputs only scaled to [0, 1]) is run for comparison when VGG-16's ImageNet weights
+are in the torch hub cache; otherwise the table says that it was not run, and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import xfer  # noqa: E402
+from xfer.backbones import Preprocessing, _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
+from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
+from xfer.engine import TrainConfig, fit  # noqa: E402
+from xfer.evaluation import metrics_from_predictions  # noqa: E402
+from xfer.strategies import build_network, make_spec  # noqa: E402
+
+BACKBONE = "efficientnet_lite0"
+VAL_FRACTION = 0.15
+SEED = 0
+
+# (strategy, image size, TrainConfig) per run; tuned on this data (see the README).
+FULL = {
+    "head": (224, TrainConfig(epochs=15, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
+    "truncate": (224, TrainConfig(epochs=20, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
+    # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 1e-4.
+    "finetune": (224, TrainConfig(epochs=3, lr=1e-3, label_smoothing=0.1, seed=SEED)),
+    "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
+}
+QUICK = {
+    "head": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
+    "truncate": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
+    "finetune": (128, TrainConfig(epochs=1, seed=SEED)),
+    "scratch": (128, TrainConfig(epochs=1, seed=SEED)),
+}
+
+
+def flowers_root() -> Path:
+    env = os.environ.get("XFER_FLOWERS_DIR")
+    if env:
+        return Path(env)
+    shared = ROOT.parent / "shared" / "flowers" / "train"
+    if shared.is_dir():
+        return shared
+    from xfer.data import flowers_dir
+
+    return flowers_dir()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the data loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Row:
+    name: str
+    strategy: str
+    image_size: int
+    epochs: int
+    accuracy: float | None = None
+    last_accuracy: float | None = None
+    best_epoch: int | None = None
+    recall: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    cpu: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+    note: str = ""
+
+
+def measure(name: str, strategy: str, image_size: int, config: TrainConfig, run) -> Row:
+    """Time ``run()`` (which returns an XferModel-like (accuracy, history, evaluation))."""
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    evaluation, history, best_epoch = run()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    row = Row(name, strategy, image_size, config.epochs, evaluation.accuracy, history[-1]["val_accuracy"],
+              best_epoch, {c: m["recall"] for c, m in evaluation.per_class.items()}, wall, cpu,
+              (load0, os.getloadavg()[0]))
+    print(f"  {name}: val acc {row.accuracy:.1%} (last epoch {row.last_accuracy:.1%}), "
+          f"{wall:.0f}s wall, {cpu:.0f}s CPU, load {row.load[0]:.1f}->{row.load[1]:.1f}", file=sys.stderr, flush=True)
+    return row
+
+
+def run_lite(report: DatasetReport, strategy: str, image_size: int, config: TrainConfig, device) -> Row:
+    def run():
+        model = xfer.train(report, backbone=BACKBONE, strategy=strategy, weights="imagenet",
+                           image_size=image_size, val_fraction=VAL_FRACTION, config=config, device=device)
+        return model.evaluation, model.history, model.training["best_epoch"]
+
+    return measure(f"{BACKBONE} {strategy}", strategy, image_size, config, run)
+
+
+def run_tutorial(train_items, val_items, classes, device, quick: bool) -> Row:
+    """The seed tutorial: VGG-16, classifier[6] replaced, SGD lr 0.001, 2 epochs, no normalisation."""
+    config = TrainConfig(epochs=2, optimizer="sgd", lr=1e-3, weight_decay=0.0, augment=False, cache_views=1,
+                         seed=SEED)
+    size = 128 if quick else 224
+    if not pretrained_available("vgg16"):
+        url, path = _hub_checkpoint(get_backbone("vgg16"))
+        return Row("tutorial: vgg16 (classifier[6] replaced)", "head", size, 2,
+                   note=f"not run: VGG-16's ImageNet weights are not at {path} and this machine has no internet "
+                        f"(download {url} there to include it)")
+    # No normalisation: inputs only scaled to [0, 1], as in the tutorial.
+    pre = Preprocessing(size, round(size * 256 / 224), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+
+    def run():
+        net = build_network(make_spec("vgg16", "head", len(classes), dropout=0.0), weights="imagenet")
+        result = fit(net, "head", train_items, val_items, pre, config, device)
+        ev = metrics_from_predictions(result.val_output.probs, result.val_output.targets, classes)
+        return ev, [vars(h) for h in result.history], result.best_epoch
+
+    return measure("tutorial: vgg16 (classifier[6] replaced)", "head", size, config, run)
+
+
+def table(rows: list[Row], classes: list[str]) -> str:
+    head = ["run", "size", "epochs", "val acc (best epoch)", "val acc (last epoch)",
+            *[f"recall {c}" for c in classes], "wall", "CPU", "load 1-min before→after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.accuracy is None:
+            lines.append(f"| {r.name} | {r.image_size} | {r.epochs} | {r.note} |" + " |" * (len(head) - 4))
+            continue
+        lines.append("| " + " | ".join([
+            r.name, str(r.image_size), str(r.epochs), f"**{r.accuracy:.1%}** (ep {r.best_epoch})",
+            f"{r.last_accuracy:.1%}", *[f"{r.recall.get(c, 0):.0%}" for c in classes],
+            f"{r.wall / 60:.1f} min", f"{r.cpu / 60:.1f} min", f"{r.load[0]:.1f}→{r.load[1]:.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="40 images per class, tiny budgets (a smoke check)")
+    p.add_argument("--only", default="head,truncate,finetune,scratch,tutorial",
+                   help="comma-separated runs (head,truncate,finetune,scratch,tutorial)")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    device = xfer.select_device("cpu")
+    root = flowers_root()
+    report = scan_folder(root)
+    if args.quick:
+        report = DatasetReport(report.root, report.classes, subsample(report.items, 40, seed=SEED))
+    train_items, val_items = split_dataset(report, VAL_FRACTION, seed=SEED)
+    print(f"{report.num_images} images, {len(report.classes)} classes; {len(train_items)} train / "
+          f"{len(val_items)} validation (stratified {VAL_FRACTION:.0%}, seed {SEED})", file=sys.stderr)
+    plan = QUICK if args.quick else FULL
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    rows = []
+    for strategy in [s for s in plan if s in only]:
+        size, config = plan[strategy]
+        rows.append(run_lite(report, strategy, size, config, device))
+    if "tutorial" in only:
+        rows.append(run_tutorial(train_items, val_items, report.classes, device, args.quick))
+    targets = {"head": 0.92, "finetune": 0.95}
+    verdicts = ["(The targets apply to the full run; a quick run only checks that everything runs.)"] if args.quick else []
+    for r in rows:
+        if r.accuracy is not None and r.name == f"{BACKBONE} {r.strategy}" and r.strategy in targets:
+            t = targets[r.strategy]
+            ok = r.accuracy >= t
+            timing = f", {r.wall / 60:.1f} min wall" if r.strategy == "finetune" else ""
+            verdicts.append(f"- {r.strategy}: target ≥{t:.0%} → {'met' if ok else 'MISSED by ' + format(t - r.accuracy, '.1%')}"
+                            f" ({r.accuracy:.1%}{timing})")
+    md = "\n".join([
+        f"## Accuracy on the flower photos ({'quick' if args.quick else 'full'} run)",
+        "",
+        f"`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"),
+        "",
+        f"{report.num_images} images, {len(train_items)} train / {len(val_items)} validation "
+        f"(stratified {VAL_FRACTION:.0%}, seed {SEED}); backbone {BACKBONE} with its packaged ImageNet weights "
+        f"(except scratch); torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
+        "",
+        table(rows, report.classes),
+        "",
+        *verdicts,
+        "",
+        "Validation accuracy is that of the epoch xfer keeps (the best on this same validation split), so it is "
+        "slightly optimistic; the last epoch's is shown beside it. Load average > CPU count means the cores were "
+        "shared with other work during the run, which inflates wall time.",
+    ])
+    print(md)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(md + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

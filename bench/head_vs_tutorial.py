@@ -1,0 +1,313 @@
+"""Issue 2's benchmark: the seed tutorial's loop against xfer's ``head`` strategy, side by side.
+
+The tutorial (the loop xfer replaces) keeps VGG-16's convolutional features frozen
+but runs every image through them again in every epoch, trains the whole classifier
+(fc6, fc7, a new fc8) with SGD (lr 0.001, momentum 0.9, batch 20), feeds unnormalised
+``ToTensor()`` images from an ``ImageFolder`` and evaluates after each epoch. xfer's
+``head`` runs the frozen body once per image and view (``TrainConfig.cache_views``)
+and trains only the new final layer on the cached features.
+
+Every arm runs in its own subprocess (its own peak RSS), one after the other, with
+the load average printed beside it: the CPU may be shared, so compare the ratio of
+arms run side by side, not absolute seconds. Random weights (``weights=None``): the
+timings are those of the real thing, the accuracies are only a sanity column.
+
+    python bench/head_vs_tutorial.py                 # 224 px, 60 train + 20 val flower photos
+    python bench/head_vs_tutorial.py --quick         # 32 px, tiny, one process: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (ROOT, SHARED_FLOWERS, balanced_subset, class_folders, emit, loadavg,  # noqa: E402
+                    peak_rss_mb, run_arm, table)
+
+SCRIPT = Path(__file__).resolve()
+
+
+def subset(args) -> tuple[list[str], list, list]:
+    """The same train/val split for every arm: xfer's own stratified split of a balanced subset."""
+    from xfer.data import DatasetReport, split_dataset
+
+    root = Path(args.data)
+    classes = [p.name for p in class_folders(root)]
+    items = balanced_subset(root, args.train + args.val)
+    report = DatasetReport(root=root, classes=classes, items=items)
+    train, val = split_dataset(report, args.val / (args.train + args.val), seed=0)
+    return classes, train, val
+
+
+# --- the arms (each runs in a subprocess) --------------------------------------------------
+
+
+def arm_tutorial(args) -> dict:
+    """The seed tutorial's loop, as written there: ImageFolder, ToTensor, SGD on the classifier."""
+    classes, train, val = subset(args)
+    with tempfile.TemporaryDirectory(prefix="xfer-bench-") as tmp:
+        for split, items in (("train", train), ("val", val)):  # an ImageFolder tree of links, nothing copied
+            for path, label in items:
+                d = Path(tmp) / split / classes[label]
+                d.mkdir(parents=True, exist_ok=True)
+                (d / path.name).symlink_to(path.resolve())
+        runs = _tutorial_loop(args, Path(tmp), len(classes))
+    return {"arm": "tutorial", "runs": runs, "num_train": len(train), "num_val": len(val), **peak_rss_mb()}
+
+
+def _tutorial_loop(args, tmp: Path, num_classes: int) -> dict:
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    s = args.size
+    t0 = time.perf_counter()
+    model = torchvision.models.vgg16(weights=None)
+    for p in model.features.parameters():
+        p.requires_grad = False
+    model.classifier[6] = nn.Linear(4096, num_classes)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.classifier.parameters(), lr=0.001, momentum=0.9)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor()])
+    val_tf = transforms.Compose([transforms.Resize(round(s * 256 / 224)), transforms.CenterCrop(s),
+                                 transforms.ToTensor()])
+    loaders = {
+        "train": torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(tmp / "train"), train_tf),
+                                             batch_size=20, shuffle=True, num_workers=args.tutorial_workers),
+        "val": torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(tmp / "val"), val_tf),
+                                           batch_size=20, shuffle=False, num_workers=args.tutorial_workers),
+    }
+    cumulative, accs = [], []
+    for epoch in range(max(args.epochs)):
+        model.train()
+        for x, y in loaders["train"]:
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = n = 0
+        with torch.no_grad():
+            for x, y in loaders["val"]:
+                correct += (model(x).argmax(1) == y).sum().item()
+                n += len(y)
+        cumulative.append(time.perf_counter() - t0)
+        accs.append(correct / n)
+    # No schedule and no early stopping: an E-epoch run is exactly the first E epochs of this one.
+    return {str(e): {"seconds": round(cumulative[e - 1], 2), "val_accuracy": round(accs[e - 1], 3)}
+            for e in args.epochs}
+
+
+def arm_xfer(args) -> dict:
+    """xfer.train(strategy="head"), once per epoch count, in this one process."""
+    import xfer
+    from xfer.data import DatasetReport
+    from xfer.engine import TrainConfig
+
+    classes, train, val = subset(args)
+    report = DatasetReport(root=Path(args.data), classes=classes, items=sorted(train + val, key=lambda t: str(t[0])))
+    device = xfer.select_device("cpu")
+    runs = {}
+    for e in args.epochs:
+        events = []
+        t0 = time.perf_counter()
+        model = xfer.train(report, backbone=args.backbone, strategy="head", weights=None, image_size=args.size,
+                           val_fraction=args.val / (args.train + args.val), device=device,
+                           config=TrainConfig(epochs=e, cache_views=args.cache_views, seed=0),
+                           callback=events.append)
+        seconds = time.perf_counter() - t0
+        feats = [ev for ev in events if isinstance(ev, xfer.Progress) and ev.phase == "features"]
+        runs[str(e)] = {"seconds": round(seconds, 2), "val_accuracy": round(model.metrics["accuracy"], 3),
+                        "feature_images_per_s": round(feats[-1].images_per_s, 2) if feats else None,
+                        "num_train": model.training["num_train"], "num_val": model.training["num_val"]}
+    return {"arm": f"xfer-views{args.cache_views}", "runs": runs, **peak_rss_mb()}
+
+
+def arm_features(args) -> dict:
+    """The backbone pass: xfer's compute_features through its loader (incl. decoding) against a
+    bare channels_last forward loop over pre-made tensors; plus the layout and grad-mode knobs."""
+    import torch
+
+    import xfer
+    from xfer.backbones import get_backbone
+    from xfer.engine import compute_features
+    from xfer.pipeline import image_batches
+    from xfer.strategies import build_network, make_spec
+    from xfer.transforms import ImageDataset, make_transform
+
+    classes, train, _ = subset(args)
+    items = train[: args.profile_images]
+    device = xfer.select_device("cpu")
+    pre = get_backbone(args.backbone).get_preprocessing().for_size(args.size)
+    net = build_network(make_spec(args.backbone, "head", len(classes)), weights=None)
+    body = net.body.eval()
+    bs = 32
+    ds = ImageDataset(items, make_transform(pre), 2 * pre.resize_size)
+    nchw = [torch.stack([ds[i][0] for i in range(k, min(k + bs, len(ds)))]) for k in range(0, len(ds), bs)]
+    nhwc = [x.contiguous(memory_format=torch.channels_last) for x in nchw]
+    n = len(items)
+
+    def bare(batches, layout, mode) -> float:
+        body.to(memory_format=layout)
+        ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+        t = time.perf_counter()
+        with ctx():
+            for x in batches:
+                body(x)
+        return n / (time.perf_counter() - t)
+
+    def through_xfer() -> float:
+        body.to(memory_format=torch.channels_last)
+        t = time.perf_counter()
+        compute_features(body, image_batches(items, pre, [False], bs, device), device)
+        return n / (time.perf_counter() - t)
+
+    def loader_only() -> float:
+        t = time.perf_counter()
+        for _ in image_batches(items, pre, [False], bs, device):
+            pass
+        return n / (time.perf_counter() - t)
+
+    with torch.no_grad():  # warm-up: first-call allocations and oneDNN primitive creation
+        body.to(memory_format=torch.channels_last)(nhwc[0][:2])
+        body.to(memory_format=torch.contiguous_format)(nchw[0][:2])
+    rates: dict[str, list[float]] = {k: [] for k in ("bare_nhwc", "xfer", "bare_nchw", "bare_nhwc_inference_mode")}
+    for _ in range(args.profile_rounds):  # interleaved, so a change in load hits every variant alike
+        rates["bare_nhwc"].append(bare(nhwc, torch.channels_last, "no_grad"))
+        rates["xfer"].append(through_xfer())
+        rates["bare_nchw"].append(bare(nchw, torch.contiguous_format, "no_grad"))
+        rates["bare_nhwc_inference_mode"].append(bare(nhwc, torch.channels_last, "inference_mode"))
+    return {"arm": "features", "images": n, "batch": bs, "rounds": args.profile_rounds,
+            "images_per_s": {k: round(statistics.median(v), 2) for k, v in rates.items()},
+            "loader_only_images_per_s": round(loader_only(), 1), "torch_threads": torch.get_num_threads(),
+            "loader_workers": device.num_workers, **peak_rss_mb()}
+
+
+ARMS = {"tutorial": arm_tutorial, "xfer": arm_xfer, "features": arm_features}
+
+
+# --- the parent: runs the arms side by side and prints the table ----------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(SHARED_FLOWERS), help="folder of class folders (default: the flower photos)")
+    p.add_argument("--train", type=int, default=60, help="training images (default 60)")
+    p.add_argument("--val", type=int, default=20, help="validation images (default 20)")
+    p.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
+    p.add_argument("--epochs", default="2,10", help="epoch counts to compare (default 2,10)")
+    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--tutorial-workers", type=int, default=1,
+                   help="the tutorial's DataLoader workers (default 1, as xfer uses on this CPU)")
+    p.add_argument("--profile-images", type=int, default=32, help="images for the backbone-pass profile")
+    p.add_argument("--profile-rounds", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="32 px, 10 + 5 images, 1 and 2 epochs, arms in one process: a smoke run")
+    p.add_argument("--inprocess", action="store_true",
+                   help="run the arms in this process (faster start; peak RSS is then cumulative)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "head_vs_tutorial.md"),
+                   help="markdown file for the results ('-' for none)")
+    p.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)
+    p.add_argument("--cache-views", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.train, args.val, args.epochs = 32, 10, 5, "1,2"
+        args.profile_images, args.profile_rounds, args.inprocess = 8, 1, True
+        if args.out == p.get_default("out"):
+            args.out = "-"
+    args.epochs = sorted({int(e) for e in str(args.epochs).split(",")})
+    if args.arm:
+        emit(ARMS[args.arm](args))
+        return 0
+
+    if not Path(args.data).is_dir():
+        print(f"no images at {args.data}: pass --data DIR (a folder of class folders)", file=sys.stderr)
+        return 2
+    common = ["--data", args.data, "--train", str(args.train), "--val", str(args.val), "--size", str(args.size),
+              "--epochs", ",".join(map(str, args.epochs)), "--backbone", args.backbone,
+              "--tutorial-workers", str(args.tutorial_workers), "--profile-images", str(args.profile_images),
+              "--profile-rounds", str(args.profile_rounds)]
+    # xfer's two settings bracket the tutorial, so a load change shows up as a gap between them.
+    plan = [("xfer", ["--cache-views", "2"]), ("tutorial", []), ("xfer", ["--cache-views", "1"]), ("features", [])]
+    results = {}
+    for arm, extra in plan:
+        before = loadavg()
+        print(f"running {arm} {' '.join(extra)} (load {before}) ...", file=sys.stderr, flush=True)
+        if args.inprocess:
+            r = ARMS[arm](argparse.Namespace(**{**vars(args), "cache_views": int(extra[1]) if extra else 2}))
+        else:
+            r = run_arm(SCRIPT, ["--arm", arm, *common, *extra])
+        r["load"] = f"{before} → {loadavg()}"
+        results[r["arm"]] = r
+    text = report(args, results)
+    print(text)
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
+    return 0
+
+
+def report(args, results: dict) -> str:
+    tut = results["tutorial"]
+    rows = []
+    rss = "peak RSS MB (cumulative, one process)" if args.inprocess else "peak RSS MB"
+    for e in args.epochs:
+        t = tut["runs"][str(e)]
+        rows.append([e, "tutorial (features recomputed every epoch)", f"{t['seconds']:.1f}", "1.0×",
+                     f"{t['val_accuracy']:.2f}", f"{tut['self_mb']:.0f}", tut["load"]])
+        for key, label in (("xfer-views2", "xfer head, default (cache_views=2)"),
+                           ("xfer-views1", "xfer head, cache_views=1 / --no-augment")):
+            x = results[key]["runs"][str(e)]
+            rows.append([e, label, f"{x['seconds']:.1f}", f"{t['seconds'] / x['seconds']:.1f}×",
+                         f"{x['val_accuracy']:.2f}", f"{results[key]['self_mb']:.0f}", results[key]["load"]])
+    f = results["features"]
+    r = f["images_per_s"]
+    frows = [
+        ["bare body forward, channels_last, no_grad (pre-made tensors)", f"{r['bare_nhwc']:.2f}", "1.00"],
+        ["xfer compute_features via its DataLoader (incl. JPEG decoding)", f"{r['xfer']:.2f}",
+         f"{r['xfer'] / r['bare_nhwc']:.2f}"],
+        ["bare body forward, contiguous NCHW, no_grad", f"{r['bare_nchw']:.2f}", f"{r['bare_nchw'] / r['bare_nhwc']:.2f}"],
+        ["bare body forward, channels_last, inference_mode", f"{r['bare_nhwc_inference_mode']:.2f}",
+         f"{r['bare_nhwc_inference_mode'] / r['bare_nhwc']:.2f}"],
+        ["xfer DataLoader alone (decode + resize + crop + normalise)", f"{f['loader_only_images_per_s']:.1f}", "—"],
+    ]
+    x2, x1 = results["xfer-views2"]["runs"], results["xfer-views1"]["runs"]
+    any_run = next(iter(x2.values()))
+    cols = ["epochs", "arm", "seconds", "speed-up", "val acc*", rss, "load"]
+    lines = [
+        f"## head vs the tutorial loop ({args.backbone}, {args.size} px, random weights)",
+        "",
+        f"Command: `python bench/head_vs_tutorial.py{' --quick' if args.quick else ''}"
+        f" --train {args.train} --val {args.val} --size {args.size}`  ",
+        f"Data: {any_run['num_train']} training + {any_run['num_val']} validation flower photos "
+        f"(xfer's stratified split, the same images for every arm). CPU: {os.cpu_count()} cores, "
+        f"{f['torch_threads']} torch threads, {f['loader_workers']} loader worker(s). Load average printed per arm "
+        "(before → after): the machine is shared, so read the ratios, measured side by side.",
+        "",
+        table(cols, rows),
+        "",
+        "\\* random weights: accuracy is a sanity column only (no VGG-16 ImageNet weights are available offline "
+        "here). The tutorial's E-epoch time is its cumulative time after epoch E of one run (no schedule, so "
+        "identical to an E-epoch run); xfer runs each epoch count separately.",
+        "",
+        f"### Backbone pass ({f['images']} images, batch {f['batch']}, median of {f['rounds']} interleaved rounds)",
+        "",
+        table(["what", "images/s", "ratio to bare channels_last"], frows),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

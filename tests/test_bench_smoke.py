@@ -1,0 +1,56 @@
+"""Tiny CPU runs of the bench scripts, so that they cannot rot unnoticed.
+
+They check that each script runs end to end and reports the fields the README's
+tables are made from; they measure nothing (speed is for the bench scripts alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT, make_color_dataset
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The timeout only stops a hang; a smoke run normally takes well under a minute.
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_gpu_bench_runs_on_cpu(tmp_path):
+    proc = _run(["bench/gpu.py", "--device", "cpu", "--quick", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "gpu.json").read_text())
+    assert r["env"]["train"] + r["env"]["val"] == 24 and r["env"]["forward_gflops_per_image"] > 0
+    assert r["pipeline"]["cpu"]["images"] == 24 and r["pipeline"]["cpu"]["images_per_s"] > 0
+    head = r["head"]["cpu"]
+    assert head["cache_images"] == 2 * r["env"]["train"] + r["env"]["val"]
+    assert head["cache_images_per_s"] > 0 and len(head["epoch_seconds"]) == 2
+    fine = r["finetune"]["cpu:finetune"]
+    assert len(fine["epoch_seconds"]) == 1 and fine["images_per_s"] > 0
+    assert fine["peak_gpu_gib"] is None and fine["mfu"] is None  # no GPU: no GPU memory, no known peak
+    md = (tmp_path / "gpu.md").read_text()
+    assert "| what" in md and "head: cache pass (decode=cpu)" in md and "finetune: epoch 1 of 1" in md
+    assert md.strip() in proc.stdout
+
+
+def test_head_vs_tutorial_bench_runs_quick(tmp_path):
+    data = make_color_dataset(tmp_path / "data", per_class=5, size=48, fmt="jpg")
+    out = tmp_path / "hvt.md"
+    proc = _run(["bench/head_vs_tutorial.py", "--quick", "--data", str(data), "--out", str(out)])
+    md = out.read_text()
+    assert md.strip() in proc.stdout
+    for epochs in (1, 2):
+        for arm in ("tutorial (features recomputed every epoch)", "xfer head, default (cache_views=2)",
+                    "xfer head, cache_views=1 / --no-augment"):
+            assert any(line.startswith(f"| {epochs} ") and arm in line for line in md.splitlines()), (epochs, arm)
+    assert "xfer compute_features via its DataLoader" in md and "bare body forward, channels_last" in md
+    r = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert set(r) == {"tutorial", "xfer-views2", "xfer-views1", "features"}
+    assert r["tutorial"]["runs"]["2"]["seconds"] > r["tutorial"]["runs"]["1"]["seconds"] > 0
+    assert r["xfer-views2"]["runs"]["1"]["num_train"] == r["tutorial"]["num_train"]  # the same split
+    assert r["features"]["images_per_s"]["xfer"] > 0 and r["tutorial"]["self_mb"] > 0
