@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ def _as_gr_error(e: BaseException) -> gr.Error:
         return e
     if isinstance(e, xfer.WeightsError):
         return gr.Error(f"{e} In this app you can also untick \"Start from ImageNet weights\".", print_exception=False)
+    if isinstance(e, xfer.HubError) and "token" in str(e).lower():
+        return gr.Error(f"{e} In this app: paste a token in the Token field.", print_exception=False)
     if isinstance(e, xfer.XferError):
         return gr.Error(str(e), print_exception=False)
     log.error("unexpected error", exc_info=e)
@@ -86,21 +89,24 @@ def _need_model(session: ui.Session) -> xfer.XferModel:
     return session.model
 
 
-class SafeImage(gr.Image):
-    """gr.Image whose upload is decoded by xfer.open_image, not by Gradio: the pixel limit is checked
-    before decoding (a decompression bomb costs nothing) and a file that is no usable image (text, empty,
-    truncated) becomes a one-line gr.Error naming the file, not a generic "the app raised an exception"."""
+def decoded_by_xfer(image: gr.Image) -> gr.Image:
+    """Make an image input hand its upload to xfer.open_image instead of letting Gradio decode it: the pixel
+    limit is checked before decoding (a decompression bomb costs nothing) and a file that is no usable image
+    (text, empty, truncated) becomes a one-line gr.Error naming the file, not a generic "the app raised an
+    exception". (An instance attribute, not a gr.Image subclass: Gradio writes a .pyi next to any module
+    that subclasses its components, which fails on a read-only file system.)"""
 
-    is_template = True  # the browser draws it as an ordinary gr.Image
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None or payload.path is None:
-            return super().preprocess(payload)
+            return gr.Image.preprocess(image, payload)
         try:
             return xfer.open_image(payload.path, max_side=1024)
         except xfer.XferError as e:
             raise gr.Error(str(e).replace(str(payload.path), payload.orig_name or "the image"),
                            print_exception=False) from None
+
+    image.preprocess = preprocess
+    return image
 
 
 # --- the UI -----------------------------------------------------------------------------------------
@@ -114,9 +120,12 @@ The defaults work: click **Use the bundled flowers**, then **Train**."""
 
 
 def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | None = None,
-               max_train_jobs: int = 1, max_upload_mb: int = MAX_UPLOAD_MB) -> gr.Blocks:
+               max_train_jobs: int = 1, max_upload_mb: int = MAX_UPLOAD_MB,
+               allow_server_paths: bool = True) -> gr.Blocks:
     """Build the app's Blocks. ``device`` is chosen once by the caller (default: "auto");
-    ``max_upload_mb`` is only stated here: pass the same limit to ``launch(max_file_size=...)``."""
+    ``max_upload_mb`` is only stated here: pass the same limit to ``launch(max_file_size=...)``.
+    ``allow_server_paths`` offers "load a model folder on this server": off for public deployments,
+    where it would let visitors probe the server's files."""
     device = device or xfer.select_device("auto")
     d = defaults or AppDefaults()
     if d.backbone:
@@ -183,8 +192,6 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
 
     @ui_errors
     def on_clear_classes(session: ui.Session):
-        import shutil
-
         shutil.rmtree(session.workdir / "classes", ignore_errors=True)
         session.report = None
         session.example_paths = []
@@ -208,9 +215,10 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
 
     # ---------------- handlers: training ----------------
 
-    def eval_outputs(metrics: dict | None, evaluation: Any = None, note: str = "") -> dict:
+    def eval_outputs(metrics: dict | None, evaluation: Any = None, note: str = "",
+                     title: str = "Validation accuracy") -> dict:
         metrics = metrics or {}
-        return {eval_summary: ui.metrics_markdown(metrics, note), per_class_table: ui.per_class_frame(metrics),
+        return {eval_summary: ui.metrics_markdown(metrics, note, title), per_class_table: ui.per_class_frame(metrics),
                 confusion_plot: ui.confusion_figure(metrics.get("classes", []), metrics.get("confusion_matrix", [])),
                 misclassified: ui.sample_gallery(ui.misclassified_items(evaluation))}
 
@@ -330,7 +338,7 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
         result = xfer.evaluate(model, report, device=device)
         note = (f"Evaluated on {result.num_images} images of the current dataset (including any the model was "
                 "trained on, which flatters it).")
-        return eval_outputs(result.to_dict(with_files=False), result, note)
+        return eval_outputs(result.to_dict(with_files=False), result, note, "Accuracy on the current dataset")
 
     @ui_errors
     def on_predict(session: ui.Session, image: Any):
@@ -366,6 +374,9 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
     @ui_errors
     def on_load_model_dir(session: ui.Session, folder: str):
         folder = (folder or "").strip()
+        if not allow_server_paths:
+            raise gr.Error("Loading folders from the server is turned off here: upload a model .zip or use the Hub.",
+                           print_exception=False)
         if not folder:
             raise gr.Error("Type the path of a model folder on the server (the folder `xfer train --out` wrote).",
                            print_exception=False)
@@ -519,8 +530,9 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
                 model_info = gr.Markdown(ui.model_markdown(None), elem_id="model-info")
                 with gr.Row():
                     with gr.Column():
-                        image_in = SafeImage(sources=["upload", "clipboard", "webcam"], type="pil", height=300,
-                                            label="Your image (upload, paste or webcam)", elem_id="predict-image")
+                        image_in = decoded_by_xfer(gr.Image(
+                            sources=["upload", "clipboard", "webcam"], type="pil", height=300,
+                            label="Your image (upload, paste or webcam)", elem_id="predict-image"))
                         predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
                         examples = gr.Gallery(label="Or click an example from your dataset", columns=6, height=180,
                                               object_fit="cover", allow_preview=False, elem_id="predict-examples")
@@ -533,7 +545,7 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
                         with gr.Column():
                             model_zip = gr.File(label=f"Upload a model .zip (up to {max_upload_mb} MB)",
                                                 file_types=[".zip"], elem_id="upload-model", height=120)
-                        with gr.Column():
+                        with gr.Column(visible=allow_server_paths):
                             model_dir_box = gr.Textbox(label="…or the path of a model folder on this server",
                                                        placeholder="models/flowers", elem_id="model-dir")
                             load_dir_btn = gr.Button("Load model folder", elem_id="load-model-dir")
@@ -645,6 +657,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training runs at the same time, over all visitors (default 1: one per GPU or CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help="largest upload, in MB (default 500)")
+    p.add_argument("--allow-server-paths", choices=["auto", "yes", "no"], default="auto",
+                   help="offer loading model folders by server path (auto: only when served on loopback, "
+                        "without --share and not on a Hugging Face Space)")
     g = p.add_argument_group("initial values of the Train tab")
     g.add_argument("--default-backbone", default=None, help="default: vgg16 if its weights are here, else the fallback")
     g.add_argument("--default-image-size", type=int, default=224)
@@ -673,7 +688,10 @@ def main(argv: list[str] | None = None) -> None:
                            weights=args.default_weights, epochs=args.default_epochs,
                            batch_size=args.default_batch_size, max_per_class=args.default_max_per_class)
     log.info("device: %s; at most %d training run(s) at a time", device.name, args.max_train_jobs)
-    demo = build_demo(device, defaults, max_train_jobs=args.max_train_jobs, max_upload_mb=args.max_upload_mb)
+    local_only = args.host in ("127.0.0.1", "localhost", "::1") and not args.share and not os.environ.get("SPACE_ID")
+    allow_paths = args.allow_server_paths == "yes" or (args.allow_server_paths == "auto" and local_only)
+    demo = build_demo(device, defaults, max_train_jobs=args.max_train_jobs, max_upload_mb=args.max_upload_mb,
+                      allow_server_paths=allow_paths)
     ui.sessions_root().mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{args.max_upload_mb}mb",

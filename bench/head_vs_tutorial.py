@@ -130,6 +130,7 @@ def arm_xfer(args) -> dict:
         runs[str(e)] = {"seconds": round(seconds, 2), "val_accuracy": round(model.metrics["accuracy"], 3),
                         "feature_images_per_s": round(feats[-1].images_per_s, 2) if feats else None,
                         "num_train": model.training["num_train"], "num_val": model.training["num_val"]}
+        del model  # or the next run's network is built beside this one, and the peak RSS counts both
     return {"arm": f"xfer-views{args.cache_views}", "runs": runs, **peak_rss_mb()}
 
 
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="vgg16")
     p.add_argument("--tutorial-workers", type=int, default=1,
                    help="the tutorial's DataLoader workers (default 1, as xfer uses on this CPU)")
-    p.add_argument("--profile-images", type=int, default=32, help="images for the backbone-pass profile")
-    p.add_argument("--profile-rounds", type=int, default=2)
+    p.add_argument("--profile-images", type=int, default=24, help="images for the backbone-pass profile")
+    p.add_argument("--profile-rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true",
                    help="32 px, 10 + 5 images, 1 and 2 epochs, arms in one process: a smoke run")
     p.add_argument("--inprocess", action="store_true",

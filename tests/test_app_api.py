@@ -7,10 +7,12 @@ flower photos), resnet18 with random weights: every training run takes seconds.
 from __future__ import annotations
 
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -134,6 +136,18 @@ def test_upload_train_predict_download(server, data):
     assert {d["label"]: round(d["confidence"], 5) for d in again["confidences"]} == \
            {k: round(v, 5) for k, v in confidences.items()}
 
+    # A model folder on the server (here: the one the first visitor's training saved) loads by its path.
+    folders = [p for p in (server.workdir / "cache" / "sessions").glob("*/model") if (p / "config.json").is_file()]
+    third = client(server)
+    assert "resnet18" in third.predict(str(folders[0]), api_name="/load_model_dir")[0]
+    assert len(third.predict(handle_file(str(data["image"])), api_name="/predict")["confidences"]) == 5
+
+    # Evaluate the model on the whole current dataset (training and validation images together).
+    summary, per_class, _, _ = c.predict(api_name="/evaluate")
+    assert "on 40 images" in summary and "Evaluated on 40 images of the current dataset" in summary
+    assert sorted(row[0] for row in per_class["data"]) == sorted(FIVE_CLASSES)
+    assert sum(row[4] for row in per_class["data"]) == 40
+
 
 def test_bundled_flowers_and_own_classes(server, data):
     c = client(server)
@@ -150,11 +164,29 @@ def test_bundled_flowers_and_own_classes(server, data):
     assert "Classes cleared" in c.predict(api_name="/clear_classes")[0]
 
 
+def test_report_lists_skipped_files_and_duplicates(server, data):
+    messy = data["tmp"] / "messy" / "flowers"
+    flower_subset(messy, data["upload"], per_class=3, classes=("daisy", "roses"))
+    (messy / "daisy" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (messy / "roses" / "notes.txt").write_text("bought on Tuesday")
+    twin = next((messy / "daisy").glob("*.jpg"))
+    (messy / "roses" / "twin.jpg").write_bytes(twin.read_bytes())  # the same photo in two classes
+    summary, counts, _, skipped, _, _ = client(server).predict(
+        handle_file(str(zip_folder(messy, data["tmp"] / "messy.zip"))), api_name="/upload_zip")
+    assert "7 images in 2 classes" in summary and "2 files skipped" in summary
+    assert "1 group of identical files (1 across classes)" in summary
+    reasons = {row[0]: row[1] for row in skipped["data"]}
+    assert reasons["daisy/broken.jpg"].startswith("cannot decode") or "not an image" in reasons["daisy/broken.jpg"]
+    assert reasons["roses/notes.txt"] == "not an image file (.txt)"
+    assert any("identical files in classes daisy, roses" == r for r in reasons.values())
+
+
 def test_stop_keeps_the_previous_model(server, data):
     c = client(server)
     c.predict(handle_file(str(data["zip"])), api_name="/upload_zip")
     train(c, epochs=1)
     before = c.predict(handle_file(str(data["image"])), api_name="/predict")
+    first_zip = c.predict(api_name="/download_model")
 
     # A long run (fine-tuning the whole network for 50 epochs), stopped as soon as it is under way.
     job = c.submit(strategy_name="finetune", epochs=50, api_name="/train")
@@ -163,6 +195,11 @@ def test_stop_keeps_the_previous_model(server, data):
             isinstance(o[0], str) and "epoch" in o[0] for o in job.outputs()):
         time.sleep(0.2)
     assert not job.done(), "the long run finished before it could be stopped"
+    # Meanwhile another visitor loads a model and predicts: their requests do not queue behind the training.
+    other = client(server)
+    other.predict(handle_file(first_zip), api_name="/upload_model")
+    assert other.predict(handle_file(str(data["image"])), api_name="/predict") == before
+    assert not job.done(), "the other visitor waited for the training run to end"
     t0 = time.monotonic()
     stopped = c.predict(api_name="/stop")
     assert "Training was stopped" in stopped[0] and "previous model is still used" in stopped[0]
@@ -199,8 +236,8 @@ def test_share_on_the_hub_and_load_it_back(tmp_path, data):
 
             stranger = client(srv)  # a private repo is invisible without the token; the message says what to do
             message = error_of(lambda: stranger.predict("alice/flowers", "", "", api_name="/pull"))
-            print("STRANGER", message)
-            assert "alice/flowers" in message and token not in message
+            assert "alice/flowers" in message and "private" in message and token not in message
+            assert "Token field" in message  # the library's advice, translated to this page
 
             other = client(srv)
             info = other.predict("alice/flowers", "", token, api_name="/pull")[0]
@@ -211,3 +248,24 @@ def test_share_on_the_hub_and_load_it_back(tmp_path, data):
                                                                         "model.safetensors"]
         finally:
             srv.stop()
+
+
+def test_upload_size_limit_is_enforced(tmp_path):
+    srv = AppServer(tmp_path / "app", extra_args=["--max-upload-mb", "1"]).wait_ready()
+    try:
+        big = tmp_path / "big.zip"
+        with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("photos/a/noise.bin", os.urandom(1_500_000))
+        c = client(srv)
+        # The page (and gradio_client) know the limit and refuse before sending...
+        with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):
+            c.predict(handle_file(str(big)), api_name="/upload_zip")
+        # ...and the server refuses it anyway.
+        with open(big, "rb") as f:
+            r = httpx.post(srv.url + "gradio_api/upload", files={"files": ("big.zip", f, "application/zip")},
+                           timeout=60)
+        assert r.status_code == 413
+        assert "up to 1 MB" in c.view_api(print_info=False, return_format="dict")["named_endpoints"][
+            "/upload_zip"]["parameters"][0]["label"]
+    finally:
+        srv.stop()

@@ -185,7 +185,7 @@ def test_two_sessions_train_in_turn_and_keep_their_own_models(server, work):
         time.sleep(0.05)
     final_a, final_b = job_a.result(timeout=60), job_b.result(timeout=60)
     assert seen_waiting, "the second training run never waited in the queue"
-    assert "Validation accuracy" in final_a[1] and "Validation accuracy" in final_b[1]
+    assert "validation accuracy" in final_a[1].lower() and "validation accuracy" in final_b[1].lower()
 
     label_a = a.predict(handle_file(str(work["image"])), api_name="/predict")
     label_b = b.predict(handle_file(str(work["image"])), api_name="/predict")

@@ -123,6 +123,25 @@ def _write_files(model: XferModel, folder: Path) -> None:
     (folder / CARD_NAME).write_text(render_card(model), encoding="utf-8")
 
 
+def _recover_interrupted_save(out: Path) -> None:
+    """Put the previous model back if a save was killed between its two renames.
+
+    In that instant ``out`` does not exist and the last good model sits in ``.<name>.old-*/model``.
+    """
+    if out.exists() or not out.parent.is_dir():
+        return
+    try:
+        candidates = sorted(((p.stat().st_mtime, p) for p in out.parent.glob(f".{out.name}.old-*/model")
+                             if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()), reverse=True)
+        if candidates:
+            old = candidates[0][1]
+            os.replace(old, out)
+            shutil.rmtree(old.parent, ignore_errors=True)
+            log.warning("restored %s: the save that was replacing it had been interrupted", out)
+    except OSError:  # raced with another process saving or restoring it: leave it to that one
+        return
+
+
 def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     """Write the model folder atomically: a failure or a kill leaves any previous model intact.
 
@@ -130,6 +149,7 @@ def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     with two renames; the old folder is deleted only after the new one is in place.
     """
     out = Path(out_dir).expanduser().resolve()
+    _recover_interrupted_save(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder: choose another --out.")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
@@ -205,6 +225,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def load_model(folder: str | os.PathLike, device: torch.device | str = "cpu") -> XferModel:
     """Rebuild a saved model from its folder (config.json + model.safetensors)."""
     folder = Path(folder).expanduser()
+    _recover_interrupted_save(folder.absolute())
     cfg = read_config(folder)
     spec = NetworkSpec.from_dict(cfg["architecture"])
     state = _read_weights(folder)

@@ -274,12 +274,12 @@ def history_frames(history: Sequence[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def metrics_markdown(metrics: dict[str, Any] | None, note: str = "") -> str:
+def metrics_markdown(metrics: dict[str, Any] | None, note: str = "", title: str = "Validation accuracy") -> str:
     if not metrics or metrics.get("accuracy") is None:
         return "No evaluation yet: train a model in **2 · Train** (or load one in **4 · Predict**)."
     per = metrics.get("per_class", {})
     worst = min(per.items(), key=lambda kv: kv[1]["recall"], default=None)
-    lines = [f"**Validation accuracy: {metrics['accuracy']:.1%}** on {metrics.get('num_images', '?')} images."]
+    lines = [f"**{title}: {metrics['accuracy']:.1%}** on {metrics.get('num_images', '?')} images."]
     if worst is not None and len(per) > 1:
         lines.append(f"Hardest class: {escape(worst[0])} (recall {worst[1]['recall']:.0%}).")
     if note:

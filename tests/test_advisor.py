@@ -1,0 +1,75 @@
+"""The strategy advisor: its size rule, its similarity measure (real weights, real images), its fallback."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import xfer
+from xfer import advisor
+from xfer.data import DatasetReport, subsample
+
+from tests.conftest import ROOT
+
+
+def fake_report(counts: list[int]) -> DatasetReport:
+    """A report with the given images per class; nothing is read from disk by the size rule."""
+    classes = [f"c{i}" for i in range(len(counts))]
+    items = [(Path(f"/nowhere/c{c}/{i}.jpg"), c) for c, n in enumerate(counts) for i in range(n)]
+    return DatasetReport(Path("/nowhere"), classes, items)
+
+
+def load_make_shapes():
+    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "bench" / "make_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_shapes
+
+
+@pytest.mark.parametrize("similarity, small, large", [(0.9, "head", "finetune"), (0.05, "truncate", "scratch")])
+def test_size_threshold_splits_small_from_large(similarity, small, large):
+    n = advisor.SMALL_PER_CLASS
+    assert xfer.recommend(fake_report([n - 1] * 3), similarity=similarity).strategy == small
+    assert xfer.recommend(fake_report([n] * 3), similarity=similarity).strategy == large
+    # The median class decides: one huge class does not make a small dataset large.
+    rec = xfer.recommend(fake_report([10, 12, 5000]), similarity=similarity)
+    assert rec.strategy == small and rec.images_per_class == 12
+
+
+def test_similarity_threshold():
+    t = advisor.SIMILAR_CONFIDENCE
+    assert xfer.recommend(fake_report([20, 20]), similarity=t).strategy == "head"
+    assert xfer.recommend(fake_report([20, 20]), similarity=t - 0.01).strategy == "truncate"
+
+
+def test_without_similarity_decides_on_size_alone_and_says_so():
+    small = xfer.recommend(fake_report([20, 20]), similarity=None)
+    large = xfer.recommend(fake_report([500, 500]), similarity=None)
+    assert (small.strategy, large.strategy) == ("head", "finetune")
+    assert small.similarity is None and small.similarity_backbone is None
+    assert "not measured" in small.reason and "size alone" in small.reason
+
+
+@pytest.mark.slow
+def test_small_flower_subset_gets_head(flowers_dir):
+    full = xfer.load_dataset(flowers_dir)
+    report = DatasetReport(full.root, full.classes, subsample(full.items, 12, seed=0))
+    rec = xfer.recommend(report)  # measures similarity with the packaged efficientnet_lite0 weights
+    assert rec.similarity_backbone == "efficientnet_lite0"
+    assert rec.similarity >= advisor.SIMILAR_CONFIDENCE + 0.05, rec.reason
+    assert rec.strategy == "head", rec.reason
+
+
+@pytest.mark.slow
+def test_small_synthetic_shapes_get_truncate(tmp_path):
+    make_shapes = load_make_shapes()
+    report = xfer.load_dataset(make_shapes(tmp_path / "shapes", per_class=10, seed=3))
+    assert len(report.classes) == 5
+    stats = advisor.similarity_stats(report, "efficientnet_lite0")
+    assert stats.images == 45 and set(stats.per_class) == set(report.classes)
+    rec = xfer.recommend(report, similarity=stats.score)
+    assert stats.score <= advisor.SIMILAR_CONFIDENCE - 0.05, stats
+    assert rec.strategy == "truncate", rec.reason
+    assert "different from" in rec.reason
