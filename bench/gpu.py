@@ -188,6 +188,8 @@ def run_fit(args, strategy: str, train, val, pre, device, epochs: int, compile_:
     stats: list[EpochStats] = []
 
     def callback(ev) -> None:
+        if isinstance(ev, Progress) and ev.phase == "features" and ev.step == ev.steps:
+            sync(device)  # the feature loop queues work without waiting for it: wait once, at its end
         now = time.perf_counter()
         if isinstance(ev, Progress):
             if ev.phase == "features":

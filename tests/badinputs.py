@@ -20,7 +20,7 @@ import io
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -64,7 +64,6 @@ class BadInput:
     path: Path
     expect: Expect
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"BadInput({self.name})"
@@ -170,7 +169,7 @@ def _animated_gif(frames: list[Image.Image]) -> bytes:
 
 def _sixteen_bit_png(img: Image.Image) -> bytes:
     arr = np.asarray(img.convert("L"), np.uint16) * 257  # full 16-bit range
-    return _encoded(Image.fromarray(arr.astype(np.uint16), "I;16"), "PNG")
+    return _encoded(Image.fromarray(arr.astype(np.uint16)), "PNG")  # mode I;16
 
 
 def _palette_png(img: Image.Image) -> bytes:
@@ -220,7 +219,8 @@ def image_specs() -> list[tuple[str, str, Callable[[], bytes], Expect, str]]:
         ("png_bomb", "bomb.png", png_bomb,
          Expect(False, error=r"decompression bomb", big=True), f"valid {BOMB_SIDE}x{BOMB_SIDE} PNG"),
         ("png_header_bomb", "bomb_header.png", png_header_bomb,
-         Expect(False, error=r"decompression bomb", big=True), f"header declares {HEADER_BOMB_SIDE}x{HEADER_BOMB_SIDE}"),
+         Expect(False, error=r"decompression bomb", big=True),
+         f"header declares {HEADER_BOMB_SIDE}x{HEADER_BOMB_SIDE}"),
         ("exif_rotated_180", "exif3.jpg", lambda: exif_rotated(halves(RED, BLUE, (48, 40), seed=10), 3),
          Expect(True, label="redtop"), "stored upside down, EXIF orientation 3"),
         ("exif_rotated_90", "exif6.jpg", lambda: exif_rotated(halves(BLUE, RED, (48, 40), seed=11), 6),
@@ -347,7 +347,8 @@ def make_bad_zips(dest: Path, sentinel: Path) -> list[BadInput]:
     (dest / "not_a_zip.zip").write_bytes(b"PK but not really\n" + b"x" * 500)
     out.append(BadInput("not_a_zip", dest / "not_a_zip.zip",
                         Expect(False, error=r"not a zip archive|neither a folder nor a zip"), "text named .zip"))
-    unicode = {"Löwenzahn gelb": HALVES["redtop"], "rose rouge 🌹": HALVES["bluetop"], "ひまわり 花": (RED, RED)}
+    unicode = {"Löwenzahn gelb": HALVES["redtop"], "rose rouge 🌹": HALVES["bluetop"],
+               "ひまわり 花": (RED, RED)}
     add("non_ascii_classes", _class_files("Blumen/", unicode),
         Expect(True, classes=tuple(sorted(unicode))), "UTF-8 class names with spaces and emoji")
     mixed = {**_class_files("data/"), "data/redtop/readme.txt": b"hello", "data/redtop/script.py": b"print(1)",
@@ -437,7 +438,20 @@ def seed_sentinel(sentinel: Path) -> dict[str, bytes]:
     return snapshot(sentinel)
 
 
-__all__ = ["ZIP_NAMES", "FOLDER_NAMES", "IMAGE_NAMES", "BadInput", "Expect", "HALVES", "RED", "BLUE", "halves", "make_halves_dataset", "make_bad_images",
-           "make_bad_zips", "make_bad_folders", "zip_folder", "snapshot", "seed_sentinel", "exif_rotated",
-           "png_bomb", "png_header_bomb", "large_photo", "zip_bomb", "spread_zip_bomb", "image_specs"]
+__all__ = ["ZIP_NAMES", "FOLDER_NAMES", "IMAGE_NAMES", "BadInput", "Expect", "HALVES", "RED", "BLUE", "halves",
+           "make_halves_dataset", "make_bad_images", "make_bad_zips", "make_bad_folders", "zip_folder", "snapshot",
+           "seed_sentinel", "exif_rotated", "png_bomb", "png_header_bomb", "large_photo", "zip_bomb",
+           "spread_zip_bomb", "image_specs"]
 
+
+if __name__ == "__main__":  # write every case to a folder, to try them by hand (in the browser, with the CLI)
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "bad-inputs")
+    cases = (make_bad_images(target / "images") + make_bad_zips(target / "zips", target / "sentinel")
+             + make_bad_folders(target / "folders"))
+    seed_sentinel(target / "sentinel")
+    for c in cases:
+        outcome = ("ok" + (f" -> {c.expect.label}" if c.expect.label else "")) if c.expect.ok else \
+            f"error /{c.expect.error}/"
+        print(f"{c.name:<20} {str(c.path.relative_to(target)):<40} {outcome:<36} {c.note}")

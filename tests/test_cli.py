@@ -106,3 +106,15 @@ def test_listing_commands():
     assert "vgg16" in run("backbones").stdout
     out = run("strategies").stdout
     assert all(s in out for s in ("head", "truncate", "finetune", "scratch"))
+
+
+def test_zip_extraction_leaves_nothing_behind(trained, tmp_path):
+    import shutil
+
+    data, _ = trained
+    archive = shutil.make_archive(str(tmp_path / "data"), "zip", data)
+    cache = tmp_path / "cache"
+    r = run("inspect", archive, "--json", env={"XFER_CACHE_DIR": str(cache)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["num_images"] == 18
+    assert not cache.exists() or not any(cache.rglob("*.png"))

@@ -53,8 +53,8 @@ def work(tmp_path_factory) -> dict:
                out=model)
     image = root / "redtop.png"
     halves(*HALVES["redtop"], seed=777).save(image)
-    return {"root": root, "model": model, "image": image,
-            "zip_halves": zip_dir(halves_dir, root / "halves.zip"), "zip_colors": zip_dir(colors_dir, root / "colors.zip")}
+    return {"root": root, "model": model, "image": image, "zip_halves": zip_dir(halves_dir, root / "halves.zip"),
+            "zip_colors": zip_dir(colors_dir, root / "colors.zip")}
 
 
 @pytest.fixture(scope="module")

@@ -192,6 +192,7 @@ def test_head_training_on_several_views_is_reproducible(tmp_path):
     device = replace(CPU, feature_batch=9)  # 3 images x 3 views per body batch
 
     def run():
+        torch.manual_seed(0)  # the random backbone is built before fit seeds anything
         net = build_network(make_spec("resnet18", "head", 3), weights=None)
         res = fit(net, "head", train, val, PRE, TrainConfig(epochs=3, batch_size=4, cache_views=3), device)
         return res.net.head[-1].weight.detach().clone(), res

@@ -194,3 +194,19 @@ def test_auto_strategy_records_the_recommendation(colors, tmp_path):
     model = _train(colors, strategy="auto", config=TrainConfig(epochs=1, batch_size=8, seed=0))
     assert model.recommendation and model.strategy == model.recommendation["strategy"]
     assert model.strategy in xfer.STRATEGIES
+
+
+def test_save_removes_leftovers_of_long_dead_saves(colors, tmp_path):
+    import os
+    import time
+
+    model = _train(colors, config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    stale, fresh = tmp_path / ".m.tmp-dead", tmp_path / ".m.tmp-busy"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    xfer.save_model(model, tmp_path / "m")
+    assert not stale.exists()  # killed long ago
+    assert fresh.exists()  # may belong to a save still running in another process

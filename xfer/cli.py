@@ -6,9 +6,11 @@ Errors print one line on stderr and exit non-zero; ``--debug`` shows the traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,15 @@ def command(name: str):
         COMMANDS[name] = fn
         return fn
     return register
+
+
+@contextlib.contextmanager
+def _dataset(source: str):
+    """Scan a dataset; a zip is extracted into a temporary folder that is removed afterwards."""
+    from .data import load_dataset
+
+    with tempfile.TemporaryDirectory(prefix="xfer-data-") as work:
+        yield load_dataset(source, work_dir=Path(work) / "data")
 
 
 def _fmt_time(s: float | None) -> str:
@@ -65,35 +76,34 @@ class ProgressPrinter:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import default_backbone, train
-    from .data import load_dataset
     from .device import select_device
     from .engine import TrainConfig
 
     device = select_device(args.device, num_workers=args.workers)
-    report = load_dataset(args.data)
-    print(report.summary(), file=sys.stderr)
-    backbone = args.backbone
-    if backbone is None:
-        backbone, note = default_backbone()
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-    print(f"device: {device.name}", file=sys.stderr)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,
-                         seed=args.seed, compile=args.compile)
-    model = train(report, backbone=backbone, strategy=args.strategy, weights=args.weights,
-                  image_size=args.image_size, val_fraction=args.val_fraction, config=config, device=device,
-                  cut=args.cut, reinit=args.reinit, out=args.out, callback=ProgressPrinter())
-    if model.recommendation:
-        print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
-    print(model.evaluation.summary(), file=sys.stderr)
-    print(f"best epoch {model.training['best_epoch']}, {model.training['seconds']}s; saved to {args.out}",
-          file=sys.stderr)
-    if args.json:
-        print(json.dumps({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
-                          **model.evaluation.to_dict(with_files=False)}))
-    return 0
+    with _dataset(args.data) as report:
+        print(report.summary(), file=sys.stderr)
+        backbone = args.backbone
+        if backbone is None:
+            backbone, note = default_backbone()
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+        print(f"device: {device.name}", file=sys.stderr)
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                             augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,
+                             seed=args.seed, compile=args.compile)
+        model = train(report, backbone=backbone, strategy=args.strategy, weights=args.weights,
+                      image_size=args.image_size, val_fraction=args.val_fraction, config=config, device=device,
+                      cut=args.cut, reinit=args.reinit, out=args.out, callback=ProgressPrinter())
+        if model.recommendation:
+            print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
+        print(model.evaluation.summary(), file=sys.stderr)
+        print(f"best epoch {model.training['best_epoch']}, {model.training['seconds']}s; saved to {args.out}",
+              file=sys.stderr)
+        if args.json:
+            print(json.dumps({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
+                              **model.evaluation.to_dict(with_files=False)}))
+        return 0
 
 
 @command("evaluate")
@@ -104,7 +114,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     model = load_model(args.model, device=device.device)
-    report = evaluate(model, args.data, device=device, batch_size=args.batch_size)
+    with _dataset(args.data) as data:
+        report = evaluate(model, data, device=device, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -145,20 +156,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-
-    report = load_dataset(args.data)
-    print(json.dumps(report.to_dict()) if args.json else report.summary())
+    with _dataset(args.data) as report:
+        print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0
 
 
 @command("recommend")
 def cmd_recommend(args: argparse.Namespace) -> int:
     from .advisor import recommend
-    from .data import load_dataset
     from .device import select_device
 
-    rec = recommend(load_dataset(args.data), device=select_device(args.device))
+    with _dataset(args.data) as report:
+        rec = recommend(report, device=select_device(args.device))
     if args.json:
         print(json.dumps(rec.to_dict()))
     else:

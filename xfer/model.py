@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,6 +144,21 @@ def _recover_interrupted_save(out: Path) -> None:
         return
 
 
+STALE_SAVE_SECONDS = 3600  # a temporary save folder this old belongs to a save that was killed
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` siblings left by saves killed long ago."""
+    now = time.time()
+    for p in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f".{out.name}.old-*")):
+        try:
+            if now - p.stat().st_mtime > STALE_SAVE_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+                log.info("removed %s, left by an interrupted save", p)
+        except OSError:
+            continue
+
+
 def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     """Write the model folder atomically: a failure or a kill leaves any previous model intact.
 
@@ -155,6 +172,7 @@ def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
         raise ConfigError(f"{out} is a non-empty folder that is not an xfer model: choose another --out.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)  # after recovery, which may need an .old-* folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -216,7 +234,9 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     legacy = folder / "pytorch_model.bin"
     if legacy.is_file():
         try:  # weights_only: tensors and plain containers only; no code can run.
-            return torch.load(legacy, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's remarks about the pickle would spoil the one-line error
+                warnings.simplefilter("ignore")
+                return torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ModelError(f"{legacy} could not be read safely ({type(e).__name__}): it is refused.") from None
     raise ModelError(f"{folder} has no {WEIGHTS_NAME}: the model folder is incomplete.")

@@ -206,7 +206,7 @@ def _read(source: ImageSource, pil: bool, max_side: int) -> tuple[bytes | None, 
             except Exception:  # Pillow's pass below gives the real error message
                 pass
     img = open_image(data if data is not None else source, max_side=max_side)
-    return None, 1, np.asarray(img)
+    return None, 1, np.array(img)  # a writable copy, as torch.from_numpy wants
 
 
 class JpegBatches:
@@ -297,7 +297,7 @@ class JpegBatches:
             if i in out:
                 continue
             if arr is None:  # nvJPEG refused it
-                arr = np.asarray(open_image(data, max_side=2 * self.pre.resize_size))
+                arr = np.array(open_image(data, max_side=2 * self.pre.resize_size))
             out[i] = torch.from_numpy(arr).permute(2, 0, 1).to(dev, non_blocking=True)
         if self.cache is not None:
             for i, img in out.items():
