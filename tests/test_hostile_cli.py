@@ -61,7 +61,8 @@ sys.exit(code if code >= 0 else 128 - code)
 
 def run_cli(*args: str, cache: Path, timeout: float = 300, extra_env: dict[str, str] | None = None) -> Run:
     """``python -m xfer ARGS`` in a fresh process; returns its output and its own peak RSS (with its children)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XFER_CACHE_DIR": str(cache),
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)  # the CLI extracts zips into a temporary folder here
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XFER_CACHE_DIR": str(cache), "TMPDIR": str(cache / "tmp"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(extra_env or {})}
     with tempfile.TemporaryDirectory() as tmp:
         rss = Path(tmp) / "rss"
@@ -199,20 +200,15 @@ def test_big_images_in_bounded_memory(trained, work, name):
 # --- archives ------------------------------------------------------------------------------------
 
 
-def _new_dirs(base: Path, before: set[str]) -> list[Path]:
-    return [p for p in base.iterdir() if p.name not in before] if base.is_dir() else []
-
-
 @pytest.mark.parametrize("name", ZIP_NAMES)
 def test_inspect_every_zip(work, name):
     case = next(c for c in work["zips"] if c.name == name)
-    uploads = work["cache"] / "uploads"
-    before = {p.name for p in uploads.iterdir()} if uploads.is_dir() else set()
+    tmpdir = work["cache"] / "tmp"
     run = run_cli("inspect", str(case.path), "--json", cache=work["cache"])
     if case.expect.big:
         MEMORY[f"inspect {case.name} ({case.note}, {case.path.stat().st_size / 1e6:.1f} MB zip)"] = run.peak_rss_mb
         assert run.peak_rss_mb < MAX_RSS_MB, f"{case.name}: peak RSS {run.peak_rss_mb:.0f} MB"
-    new = _new_dirs(uploads, before)
+    left = list(tmpdir.glob("xfer-data-*"))  # (torch keeps its own torchinductor_* there)
     if case.expect.ok:
         assert run.returncode == 0, (case.name, run.stderr[-2000:])
         report = json.loads(run.stdout)
@@ -220,16 +216,16 @@ def test_inspect_every_zip(work, name):
         skipped = [s["path"] for s in report["skipped"]]
         for name in case.expect.skipped:
             assert any(p.endswith(name) for p in skipped), (case.name, name, skipped)
-        assert len(new) == 1, new  # the extraction folder
-        extracted = new[0]
-        assert Path(report["root"]).resolve().is_relative_to(extracted.resolve())
+        # Extracted into a temporary folder of the command's own, removed when it ended.
+        assert Path(report["root"]).resolve().is_relative_to(tmpdir.resolve())
+        assert left == [], f"{case.name}: the extraction folder was left behind: {left}"
     else:
         assert_one_line_error(run, case.expect.error)
-        assert new == [], f"{case.name}: a refused archive left {new}"  # nothing left behind
+        assert left == [], f"{case.name}: a refused archive left {left}"  # nothing left behind
     # Nothing outside the extraction folder: the sentinel is intact and no hostile file landed anywhere else.
     assert snapshot(work["sentinel"]) == work["sentinel_before"]
     outside = [p for p in work["root"].rglob("*evil*")
-               if not p.is_relative_to(work["root"] / "inputs") and not p.is_relative_to(uploads)]
+               if not p.is_relative_to(work["root"] / "inputs")]
     assert outside == [], outside
     links = [p for p in work["root"].rglob("*") if p.is_symlink()]
     assert links == [], links

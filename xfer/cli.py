@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .device import select_device
     from .engine import TrainConfig
 
-    device = select_device(args.device, num_workers=args.workers)
+    device = select_device(args.device, num_workers=args.workers, decode=args.decode,
+                           feature_batch=args.feature_batch)
     with _dataset(args.data) as report:
         print(report.summary(), file=sys.stderr)
         backbone = args.backbone
@@ -227,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     t.add_argument("--workers", type=int, default=None, help="data loader workers (default: per device)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    t.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where JPEGs are decoded (auto: on the GPU with CUDA, else by loader workers)")
+    t.add_argument("--feature-batch", type=int, default=None,
+                   help="batch size of the frozen-body feature pass (default: per device)")
     t.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix on labelled data")
