@@ -119,9 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         ok = accs[rec.strategy] >= accs[best] - 0.01
         hits += ok
         rows.append((name, report, stats, rec, accs, secs, best, ok))
+        if args.out:  # partial results survive an interrupted run
+            write(args.out, markdown(args, argv, rows, hits, t_start, load_start, done=False))
+    md = markdown(args, argv, rows, hits, t_start, load_start, done=True)
+    print(md)
+    if args.out:
+        write(args.out, md)
+    return 0
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, done: bool) -> str:
     strat = list(STRATEGIES)
     lines = [
-        f"## Strategy advisor vs measurement ({'quick' if args.quick else 'full'} run)", "",
+        f"## Strategy advisor vs measurement ({'quick' if args.quick else 'full'} run"
+        f"{'' if done else ', IN PROGRESS'})", "",
         f"`python bench/advisor.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
         f"{BACKBONE}, images {args.image_size} px, short budgets (see `budget()`); accuracy on held-out test sets "
         f"(flowers: the 15% split, 469 photos; shapes: 500 images of another seed). Advisor thresholds: "
@@ -141,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r[0]}: " + ", ".join(f"{s} {r[5][s]:.0f}" for s in strat) for r in rows),
               "", f"Total {total / 60:.0f} min wall, load average {load_start:.1f} at the start and "
               f"{os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs, torch {torch.__version__}."]
-    md = "\n".join(lines)
-    print(md)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(md + "\n", encoding="utf-8")
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -268,8 +268,8 @@ def report(args, results: dict) -> str:
         t = tut["runs"][str(e)]
         rows.append([e, "tutorial (features recomputed every epoch)", f"{t['seconds']:.1f}", "1.0×",
                      f"{t['val_accuracy']:.2f}", f"{tut['self_mb']:.0f}", tut["load"]])
-        for key, label in (("xfer-views2", "xfer head, default (cache_views=2)"),
-                           ("xfer-views1", "xfer head, cache_views=1 / --no-augment")):
+        for key, label in (("xfer-views2", "xfer head, cache_views=2 (+1 augmented view)"),
+                           ("xfer-views1", "xfer head, default (cache_views=1)")):
             x = results[key]["runs"][str(e)]
             rows.append([e, label, f"{x['seconds']:.1f}", f"{t['seconds'] / x['seconds']:.1f}×",
                          f"{x['val_accuracy']:.2f}", f"{results[key]['self_mb']:.0f}", results[key]["load"]])

@@ -47,8 +47,8 @@ def test_head_vs_tutorial_bench_runs_quick(tmp_path):
     md = out.read_text()
     assert md.strip() in proc.stdout
     for epochs in (1, 2):
-        for arm in ("tutorial (features recomputed every epoch)", "xfer head, default (cache_views=2)",
-                    "xfer head, cache_views=1 / --no-augment"):
+        for arm in ("tutorial (features recomputed every epoch)", "xfer head, cache_views=2 (+1 augmented view)",
+                    "xfer head, default (cache_views=1)"):
             assert any(line.startswith(f"| {epochs} ") and arm in line for line in md.splitlines()), (epochs, arm)
     assert "xfer compute_features via its DataLoader" in md and "bare body forward, channels_last" in md
     r = json.loads(out.with_suffix(".json").read_text())["results"]

@@ -52,6 +52,9 @@ def test_registered_with_packaged_weights(no_downloads):
     assert len(cats) == 1000 and cats[985] == "daisy"
     # stem, the seven MBConv stages (1, 2, 2, 3, 3, 4, 1 blocks), head conv
     assert [len(s) for s in b.stages(b.make_meta())] == [3, 1, 2, 2, 3, 3, 4, 1, 3]
+    # PyTorch's BN momentum, not the package's 0.01, with which short scratch runs evaluated at chance.
+    norms = [m for m in b.make_meta().modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(abs(m.momentum - 0.1) < 1e-6 for m in norms)
 
 
 @pytest.mark.slow

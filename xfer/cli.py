@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--label-smoothing", type=float, default=0.0)
     t.add_argument("--no-augment", action="store_true", help="no random resized crop and flip")
-    t.add_argument("--cache-views", type=int, default=2, help="frozen strategies: views cached per image")
+    t.add_argument("--cache-views", type=int, default=1,
+                   help="frozen strategies: views cached per image (1 clean + N-1 augmented; default 1)")
     t.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without improvement")
     t.add_argument("--cut", type=int, default=None, help="truncate: number of backbone stages kept")
     t.add_argument("--reinit", type=int, default=0, help="finetune: re-initialise the last N backbone layers")
