@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import ConfigError, HubError, ModelError, XferError
-from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config
+from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config,
+                    write_model_folder)
 
 log = logging.getLogger(__name__)
 
@@ -342,32 +343,13 @@ def pull_to(repo_id: str, out_dir: str | os.PathLike, revision: str | None = Non
 
 
 def _replace_folder(src: Path, out_dir: Path) -> Path:
-    """Copy the model files of ``src`` into ``out_dir`` atomically (same rules as :func:`xfer.save_model`)."""
-    out = out_dir.expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder: choose another --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
-        raise ConfigError(f"{out} is a non-empty folder that is not an xfer model: choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    """Copy the model files of ``src`` into ``out_dir`` atomically (as :func:`xfer.save_model` does)."""
+    def copy(tmp: Path) -> None:
         for name in HUB_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)  # follows the cache's symlinks: real files in out
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "model")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_model_folder(out_dir, copy)
 
 
 __all__ = ["HUB_FILES", "PushResult", "push", "pull", "pull_to"]

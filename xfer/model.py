@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -159,11 +159,13 @@ def _remove_stale_temporaries(out: Path) -> None:
             continue
 
 
-def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
-    """Write the model folder atomically: a failure or a kill leaves any previous model intact.
+def write_model_folder(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Fill a model folder atomically: a failure or a kill leaves any previous model intact.
 
-    Files are written into a temporary sibling folder which then replaces ``out_dir``
-    with two renames; the old folder is deleted only after the new one is in place.
+    ``write(tmp)`` writes the files into a temporary sibling folder, which then replaces
+    ``out_dir`` with two renames; the old folder is deleted only after the new one is in
+    place (and put back by the next save or load if a kill fell between the renames). A
+    folder that is not an xfer model is never replaced.
     """
     out = Path(out_dir).expanduser().resolve()
     _recover_interrupted_save(out)
@@ -178,7 +180,7 @@ def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
     try:
-        _write_files(model, tmp)
+        write(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "model")
@@ -189,6 +191,12 @@ def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
+    """Save ``model`` as a folder (model.safetensors, config.json, README.md), atomically."""
+    out = write_model_folder(out_dir, lambda tmp: _write_files(model, tmp))
     log.info("saved model to %s", out)
     return out
 
