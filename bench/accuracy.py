@@ -24,7 +24,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="40 images per class, tiny budgets (a smoke check)")
     p.add_argument("--only", default="head,truncate,finetune,scratch,tutorial",
                    help="comma-separated runs (head,truncate,finetune,scratch,tutorial)")
+    p.add_argument("--set", action="append", default=[], metavar="STRATEGY.FIELD=VALUE",
+                   help="override a run's setting, e.g. finetune.size=192 or finetune.lr=3e-3 (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -170,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     train_items, val_items = split_dataset(report, VAL_FRACTION, seed=SEED)
     print(f"{report.num_images} images, {len(report.classes)} classes; {len(train_items)} train / "
           f"{len(val_items)} validation (stratified {VAL_FRACTION:.0%}, seed {SEED})", file=sys.stderr)
-    plan = QUICK if args.quick else FULL
+    plan = dict(QUICK if args.quick else FULL)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        strategy, _, fld = key.partition(".")
+        size, config = plan[strategy]
+        if fld == "size":
+            size = int(value)
+        else:
+            kind = type(getattr(config, fld)) if getattr(config, fld) is not None else float
+            config = replace(config, **{fld: kind(value) if kind is not bool else value.lower() in ("1", "true")})
+        plan[strategy] = (size, config)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     rows: list[Row] = []
 

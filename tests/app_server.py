@@ -101,3 +101,10 @@ class AppServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def client(server: AppServer):
+    """A new gradio_client visitor of the app: its own session, its own downloads folder."""
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_server import FIVE_CLASSES, AppServer, flower_subset, zip_folder
+from app_server import FIVE_CLASSES, AppServer, client, flower_subset, zip_folder
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,6 @@ def server(tmp_path_factory, data):
         yield srv.wait_ready()
     finally:
         srv.stop()
-
-
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))
 
 
 def error_of(call) -> str:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.utils import Status
 
 import xfer
 from xfer.engine import TrainConfig
 
-from app_server import ROOT, AppServer
+from app_server import ROOT, AppServer, client
 from badinputs import HALVES, halves, make_halves_dataset
 from conftest import make_color_dataset
 
@@ -66,10 +66,6 @@ def server(work):
         yield srv.wait_ready()
     finally:
         srv.stop()
-
-
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))
 
 
 def percentile(values: list[float], q: float) -> float:

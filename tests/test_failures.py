@@ -32,7 +32,7 @@ import xfer
 from xfer.engine import TrainConfig
 from xfer.hub import push
 
-from app_server import AppServer
+from app_server import AppServer, client as visitor
 from badinputs import HALVES, halves, make_halves_dataset
 from conftest import ROOT
 from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, HUB_TOKENS
@@ -280,10 +280,6 @@ def app(tmp_path_factory, hub):
         yield srv.wait_ready()
     finally:
         srv.stop()
-
-
-def visitor(app: AppServer) -> Client:
-    return Client(app.url, verbose=False, download_files=str(app.workdir / "downloads"))
 
 
 def one_line_app_error(call) -> str:

@@ -24,7 +24,7 @@ from PIL import Image
 import xfer
 from xfer.engine import TrainConfig
 
-from app_server import AppServer
+from app_server import AppServer, client
 from badinputs import (FOLDER_NAMES, HALVES, IMAGE_NAMES, ZIP_NAMES, halves, make_bad_folders, make_bad_images,
                        make_bad_zips, make_halves_dataset, seed_sentinel, snapshot, zip_folder)
 
@@ -65,10 +65,6 @@ def server(work):
     log = srv.log_path.read_text(errors="replace")
     # Every hostile input was handled as an XferError: nothing reached the "unexpected error" path.
     assert "unexpected error" not in log and "Traceback" not in log, log[-5000:]
-
-
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))
 
 
 @pytest.fixture(scope="module")
