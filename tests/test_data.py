@@ -169,6 +169,28 @@ def test_size_limit_counts_bytes_written(tmp_path):
         extract_zip(archive, tmp_path / "out", max_bytes=len(png) * 5)
 
 
+def test_failed_extraction_into_an_existing_folder_removes_only_its_own_files(tmp_path):
+    png = _png_bytes(Image.new("RGB", (64, 64), (1, 2, 3)))
+    dest = tmp_path / "out"
+    (dest / "c0").mkdir(parents=True)
+    (dest / "c0" / "mine.png").write_bytes(b"keep me")
+    (dest / "c0" / "0.png").write_bytes(b"and me")
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # stored: the payload can be corrupted in place
+        zf.writestr("c0/1.png", png)
+        zf.writestr("c1/2.png", png)
+        zf.writestr("c1/3.png", b"PAYLOAD-" * 64)
+    archive.write_bytes(archive.read_bytes().replace(b"PAYLOAD-" * 64, b"DAMAGED-" * 64))  # bad CRC
+    with pytest.raises(DataError, match="damaged"):
+        extract_zip(archive, dest)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["c0", "c0/0.png", "c0/mine.png"]
+    assert (dest / "c0" / "0.png").read_bytes() == b"and me"
+    # A name already there (or twice in the archive) is skipped, never overwritten.
+    skipped = extract_zip(_zip(tmp_path / "b.zip", {"c0/0.png": png, "c1/1.png": png}), dest)
+    assert skipped == [("c0/0.png", "a file of this name is already there, skipped")]
+    assert (dest / "c0" / "0.png").read_bytes() == b"and me" and (dest / "c1" / "1.png").read_bytes() == png
+
+
 def test_not_a_zip_is_a_clear_error(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="neither a folder nor a zip"):

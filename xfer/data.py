@@ -8,6 +8,7 @@ training, the advisor and the UI work from.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -169,6 +170,16 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+def _undo(dest: Path, fresh: bool, created: list[Path]) -> None:
+    """Remove what a failed extraction wrote: all of ``dest`` if it made it, else only its own files."""
+    if fresh:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for path in reversed(created):  # files before the folders that hold them
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
+
+
 def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                 max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> list[tuple[str, str]]:
     """Extract a zip into ``dest`` safely; return the (member, reason) pairs that were skipped.
@@ -205,8 +216,11 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
             raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
         if total > BOMB_MIN_TOTAL_BYTES and total > MAX_COMPRESSION_RATIO * packed:
             raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
+        # On failure only what this call created is removed: a dest that existed keeps its other files.
+        fresh = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
         written = 0
+        created: list[Path] = []
         try:
             for info in infos:
                 if info.is_dir():
@@ -227,8 +241,15 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                     skipped.append((info.filename, "unsafe path, skipped"))
                     continue
                 try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    out = open(target, "wb")
+                    for d in reversed(target.relative_to(dest).parents[:-1]):
+                        if not (dest / d).exists():
+                            (dest / d).mkdir()
+                            created.append(dest / d)
+                    out = open(target, "xb")  # never overwrites: a name is written once
+                    created.append(target)
+                except FileExistsError:
+                    skipped.append((info.filename, "a file of this name is already there, skipped"))
+                    continue
                 except OSError as e:
                     if e.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
                         raise
@@ -243,10 +264,10 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                             )
                         out.write(chunk)
         except DataError:
-            shutil.rmtree(dest, ignore_errors=True)
+            _undo(dest, fresh, created)
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-            shutil.rmtree(dest, ignore_errors=True)
+            _undo(dest, fresh, created)
             raise DataError(f"The archive is damaged or unsupported ({type(e).__name__}: {e}): re-create it.") from None
     for name, reason in skipped:
         log.warning("%s: %s", name, reason)
