@@ -14,6 +14,8 @@ SHARED_FLOWERS = Path(os.environ.get("XFER_FLOWERS_DIR") or ROOT.parent / "share
 
 # Tests never touch the user's cache or the network for weights.
 os.environ.setdefault("XFER_CACHE_DIR", str(ROOT / ".pytest_cache" / "xfer-cache"))
+# Not even a HEAD request for VGG-16's weights (the test of that probe unsets this itself).
+os.environ["XFER_OFFLINE"] = "1"
 
 
 def pytest_configure(config):

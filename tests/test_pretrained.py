@@ -5,10 +5,14 @@ The real-weights tests use the packaged 18.8 MB state dict and the shared flower
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,8 +144,61 @@ def test_head_on_real_flowers_reaches_80_percent(flowers_dir, no_downloads):
     assert result.accuracy >= 0.8, result.summary()
 
 
+@contextlib.contextmanager
+def weights_server():
+    """An HTTP server on 127.0.0.1 that answers HEAD for any path (a stand-in for download.pytorch.org)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(528 * 2**20))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _point_vgg_at(monkeypatch, url: str, hub: Path) -> None:
+    """VGG-16's checkpoint URL becomes ``url``; the hub cache is ``hub``; no remembered probes."""
+    from xfer import backbones
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    real = backbones._hub_checkpoint
+    monkeypatch.setattr(backbones, "_hub_checkpoint", lambda b: (
+        (f"{url}/vgg16-397923af.pth", real(b)[1]) if b.name == "vgg16" else real(b)))
+    monkeypatch.setattr(backbones, "_PROBES", {})
+
+
+def test_default_backbone_is_vgg16_when_its_weights_can_be_downloaded(tmp_path, monkeypatch):
+    from xfer import backbones
+
+    monkeypatch.delenv("XFER_OFFLINE", raising=False)
+    with weights_server() as url:
+        _point_vgg_at(monkeypatch, url, tmp_path / "hub")
+        name, note = xfer.default_backbone()
+        assert name == "vgg16" and "will be downloaded" in note and url in note
+        monkeypatch.setenv("XFER_OFFLINE", "1")  # told not to use the network: lite0, whatever was probed
+        assert xfer.default_backbone()[0] == LITE
+        monkeypatch.delenv("XFER_OFFLINE")
+    # The server is gone. The answer is remembered for PROBE_TTL_S; after that the network is asked again.
+    assert xfer.default_backbone()[0] == "vgg16"
+    backbones._PROBES.update({k: (v[0] - backbones.PROBE_TTL_S, v[1]) for k, v in backbones._PROBES.items()})
+    assert xfer.default_backbone()[0] == LITE  # connection refused
+
+
 def test_default_backbone_falls_back_to_lite0_without_vgg_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty hub cache
+    with socket.socket() as s:  # a port that refuses connections: the offline case, deterministically
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _point_vgg_at(monkeypatch, closed, tmp_path / "hub")  # an empty hub cache
     name, note = xfer.default_backbone()
     assert name == LITE
     assert note and "VGG-16" in note and str(tmp_path / "hub" / "checkpoints") in note

@@ -30,22 +30,25 @@ FALLBACK_BACKBONE = "efficientnet_lite0"
 
 
 def default_backbone() -> tuple[str, str | None]:
-    """VGG-16 when its ImageNet weights are at hand, else the offline backbone.
+    """VGG-16 when its ImageNet weights are cached or can be downloaded now, else the offline backbone.
 
-    Returns (name, note): the note, when not None, tells the user why VGG-16 was not
-    chosen and how to get its weights.
+    Returns (name, note): the note, when not None, says that VGG-16's weights will be
+    downloaded on first use, or why VGG-16 was not chosen and how to get its weights.
     """
     if pretrained_available(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, None
+    from .backbones import _hub_checkpoint, weights_downloadable
+
+    url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
+    if weights_downloadable(DEFAULT_BACKBONE):
+        return DEFAULT_BACKBONE, (f"VGG-16's ImageNet weights (528 MB) will be downloaded from {url} to {path} "
+                                  "when a model first uses them.")
     try:
         fallback_ok = pretrained_available(FALLBACK_BACKBONE)
     except ConfigError:
         fallback_ok = False
     if not fallback_ok:
         return DEFAULT_BACKBONE, None
-    from .backbones import _hub_checkpoint
-
-    url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
     return FALLBACK_BACKBONE, (
         f"VGG-16's ImageNet weights are not downloaded, so {FALLBACK_BACKBONE} (weights shipped with xfer) "
         f"is used. For VGG-16, run once with internet or put {url} at {path}."

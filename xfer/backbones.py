@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -189,6 +190,36 @@ def _hub_checkpoint(backbone: Backbone) -> tuple[str, Path] | None:
         return None
     url = backbone.weights().url
     return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+_PROBES: dict[str, tuple[float, bool]] = {}  # url -> (when, reachable): a network fact, not user state
+PROBE_TTL_S = 600.0
+
+
+def weights_downloadable(name: str, timeout: float = 3.0) -> bool:
+    """True if the backbone's ImageNet weights could be downloaded now (a HEAD request, remembered 10 min).
+
+    False without asking the network when ``XFER_OFFLINE`` is set, or for weights that are
+    not downloaded from a URL.
+    """
+    b = get_backbone(name)
+    hub = _hub_checkpoint(b) if b.local_weights is None else None
+    if hub is None or os.environ.get("XFER_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = hub[0]
+    when, ok = _PROBES.get(url, (-PROBE_TTL_S, False))
+    if time.monotonic() - when < PROBE_TTL_S:
+        return ok
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as r:
+            ok = r.status < 400
+    except Exception as e:  # offline, DNS, proxy, TLS, HTTP error: all mean "not now"
+        log.info("cannot reach %s (%s): %s", url, type(e).__name__, e)
+        ok = False
+    _PROBES[url] = (time.monotonic(), ok)
+    return ok
 
 
 def pretrained_available(name: str) -> bool:
