@@ -47,8 +47,10 @@ SEED = 0
 FULL = {
     "head": (224, TrainConfig(epochs=15, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
     "truncate": (224, TrainConfig(epochs=20, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
-    # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 1e-4.
-    "finetune": (224, TrainConfig(epochs=3, lr=1e-3, label_smoothing=0.1, seed=SEED)),
+    # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. Measured (one run each,
+    # quiet machine): 224 px/3 epochs lr 3e-3 94.7% in 13.9 CPU min; 192/3 lr 3e-3 93.8%; 160/4 lr 3e-3
+    # 93.2%, 92.1% with the head trained alone first (5 epochs, LP-FT); 224/3 lr 1e-3 93.0% (shared machine).
+    "finetune": (224, TrainConfig(epochs=3, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
 }
 QUICK = {

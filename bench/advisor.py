@@ -6,6 +6,9 @@ Datasets (test sets are never trained on):
   (``full`` = all) from the 85% that is not the test split (stratified 15%, seed 0).
 * ``shapes-N``: procedural patterns rendered by ``bench/make_shapes.py`` (a domain unlike
   ImageNet's), N per class; tested on 100 other images per class (another seed).
+* ``digits-N``: printed digits rendered by ``bench/make_digits.py`` (10 classes), N per class;
+  tested on 50 other images per class. Held out: the advisor's thresholds were tuned on
+  the flowers and shapes only, so this domain checks the rule on data it was not fitted to.
 
 For each dataset the advisor (``xfer.recommend``: size and measured similarity) picks a
 strategy, then all four strategies are trained with short budgets with efficientnet_lite0
@@ -17,6 +20,7 @@ measured best, the advisor's pick, and whether the pick is the best or within 1 
     python bench/advisor.py                          # flowers and shapes at 20, 100 and 300/full per class
     python bench/advisor.py --quick                  # 20 per class only, tiny budgets (smoke check)
     python bench/advisor.py --sizes 20,full --out bench/results/advisor.md
+    python bench/advisor.py --domains digits        # only the held-out domain
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # no
 from xfer.engine import TrainConfig  # noqa: E402
 from xfer.strategies import STRATEGIES  # noqa: E402
 
+from make_digits import make_digits  # noqa: E402
 from make_shapes import make_shapes  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
@@ -70,22 +75,33 @@ def flowers_root() -> Path:
     return shared if shared.is_dir() else xfer.data.flowers_dir()
 
 
-def datasets(work: Path, sizes: list[str]) -> list[tuple[str, DatasetReport, list, list]]:
+#: Rendered domains: (generator, test images per class). Their "full" size is LARGE_SHAPES per class.
+RENDERED = {"shapes": (make_shapes, 100), "digits": (make_digits, 50)}
+HELD_OUT = ("digits",)  # not used to tune the advisor's thresholds
+
+
+def datasets(work: Path, sizes: list[str], domains: list[str]) -> list[tuple[str, DatasetReport, list, str]]:
     """(name, full training pool, test items, "full" or images per class) per dataset."""
     out = []
-    flowers = scan_folder(flowers_root())
-    pool, test = split_dataset(flowers, 0.15, seed=SEED)
-    pool_report = DatasetReport(flowers.root, flowers.classes, sorted(pool))
-    for s in sizes:
-        out.append((f"flowers-{s}", pool_report, test, s))
-    train_dir, test_dir = work / f"shapes-train-{LARGE_SHAPES}", work / "shapes-test-100"
-    if not train_dir.is_dir():
-        make_shapes(train_dir, LARGE_SHAPES, seed=0)
-    if not test_dir.is_dir():
-        make_shapes(test_dir, 100, seed=1)
-    shapes, shapes_test = scan_folder(train_dir), scan_folder(test_dir)
-    for s in sizes:
-        out.append((f"shapes-{LARGE_SHAPES if s == 'full' else s}", shapes, shapes_test.items, s))
+    if "flowers" in domains:
+        flowers = scan_folder(flowers_root())
+        pool, test = split_dataset(flowers, 0.15, seed=SEED)
+        pool_report = DatasetReport(flowers.root, flowers.classes, sorted(pool))
+        for s in sizes:
+            out.append((f"flowers-{s}", pool_report, test, s))
+    # Only as many training images as the largest size asked for are rendered.
+    n_train = max(LARGE_SHAPES if s == "full" else int(s) for s in sizes)
+    for domain, (make, n_test) in RENDERED.items():
+        if domain not in domains:
+            continue
+        train_dir, test_dir = work / f"{domain}-train-{n_train}", work / f"{domain}-test-{n_test}"
+        if not train_dir.is_dir():
+            make(train_dir, n_train, seed=0)
+        if not test_dir.is_dir():
+            make(test_dir, n_test, seed=1)
+        train, test = scan_folder(train_dir), scan_folder(test_dir)
+        for s in sizes:
+            out.append((f"{domain}-{LARGE_SHAPES if s == 'full' else s}", train, test.items, s))
     return out
 
 
@@ -101,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=None, help="images per class, comma-separated; 'full' = all (default 20,100,full)")
     p.add_argument("--repeats", type=int, default=3,
                    help="sub-sampled sets: draws (and training seeds) averaged; the full sets run once")
+    p.add_argument("--domains", default="flowers,shapes,digits", help="comma-separated: flowers, shapes, digits")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "xfer-bench-shapes",
-                   help="where the shapes images are rendered (reused if present)")
+                   help="where the rendered images go (reused if present)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -112,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     device = xfer.select_device("cpu")
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows, hits = [], 0
-    for name, pool, test, size in datasets(args.work, sizes):
+    for name, pool, test, size in datasets(args.work, sizes, args.domains.split(",")):
         test_pairs = [(p, pool.classes[c]) for p, c in test]
         runs = 1 if size == "full" else repeats
         accs: dict[str, list[float]] = {s: [] for s in STRATEGIES}
@@ -158,7 +175,7 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         f"{'' if done else ', IN PROGRESS'})", "",
         f"`python bench/advisor.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
         f"{BACKBONE}, images {args.image_size} px, short budgets (see `budget()`); accuracy on held-out test sets "
-        f"(flowers: the 15% split, 469 photos; shapes: 500 images of another seed). Sub-sampled sets: mean over "
+        f"(flowers: the 15% split, 469 photos; shapes: 500 and digits: 500 images of another seed). Sub-sampled sets: mean over "
         f"{1 if args.quick else args.repeats} draws and training seeds (min–max in brackets); full sets: one run. "
         f"Advisor thresholds: small < {advisor.SMALL_PER_CLASS} images/class, "
         f"similar ≥ {advisor.SIMILAR_CONFIDENCE:.2f}.", "",
@@ -175,8 +192,12 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         lines.append(f"| {name} | {rec.images_per_class:.0f} | {stats.score:.2f} | {stats.mean:.2f} | "
                      + " | ".join(cells) + f" | {best} | {rec.strategy} | {'yes' if ok else 'no'} |")
     total = time.perf_counter() - t_start
+    held = [r for r in rows if r[0].split("-")[0] in HELD_OUT]
+    tuned = [r for r in rows if r not in held]
+    split = (f" (the datasets its thresholds were tuned on: {sum(r[6] for r in tuned)} of {len(tuned)}; "
+             f"held-out {', '.join(HELD_OUT)}: {sum(r[6] for r in held)} of {len(held)})") if held and tuned else ""
     lines += ["", f"The advisor's pick is the measured best or within 1 point of it on **{hits} of {len(rows)}** "
-              f"datasets.", "",
+              f"datasets{split}.", "",
               "Per-class similarity (first draw): " + "; ".join(
                   f"{r[0]}: " + ", ".join(f"{c} {v:.2f}" for c, v in r[1].per_class.items()) for r in rows), "",
               "Time per dataset, all repeats (s): " + "; ".join(

@@ -46,7 +46,7 @@ def test_similarity_threshold():
 
 def test_without_similarity_decides_on_size_alone_and_says_so():
     small = xfer.recommend(fake_report([20, 20]), similarity=None)
-    large = xfer.recommend(fake_report([500, 500]), similarity=None)
+    large = xfer.recommend(fake_report([advisor.SMALL_PER_CLASS] * 2), similarity=None)
     assert (small.strategy, large.strategy) == ("head", "finetune")
     assert small.similarity is None and small.similarity_backbone is None
     assert "not measured" in small.reason and "size alone" in small.reason
@@ -68,7 +68,8 @@ def test_small_synthetic_shapes_get_truncate(tmp_path):
     report = xfer.load_dataset(make_shapes(tmp_path / "shapes", per_class=10, seed=3))
     assert len(report.classes) == 5
     stats = advisor.similarity_stats(report, "efficientnet_lite0")
-    assert stats.images == 45 and set(stats.per_class) == set(report.classes)
+    # 64 sampled over 5 classes: 12 per class, capped by the 10 there are.
+    assert stats.images == 50 and set(stats.per_class) == set(report.classes)
     rec = xfer.recommend(report, similarity=stats.score)
     assert stats.score <= advisor.SIMILAR_CONFIDENCE - 0.05, stats
     assert rec.strategy == "truncate", rec.reason

@@ -56,3 +56,19 @@ def test_head_vs_tutorial_bench_runs_quick(tmp_path):
     assert r["tutorial"]["runs"]["2"]["seconds"] > r["tutorial"]["runs"]["1"]["seconds"] > 0
     assert r["xfer-views2"]["runs"]["1"]["num_train"] == r["tutorial"]["num_train"]  # the same split
     assert r["features"]["images_per_s"]["xfer"] > 0 and r["tutorial"]["self_mb"] > 0
+
+
+def test_advisor_bench_runs_quick(tmp_path):
+    out = tmp_path / "advisor.md"
+    proc = _run(["bench/advisor.py", "--quick", "--domains", "shapes,digits", "--work", str(tmp_path / "work"),
+                 "--out", str(out)])
+    md = out.read_text()
+    assert md.strip() in proc.stdout
+    rows = [line for line in md.splitlines() if line.startswith(("| shapes-20 ", "| digits-20 "))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[8] in ("head", "truncate", "finetune", "scratch")  # the measured best
+        assert cells[9] in ("head", "truncate", "finetune", "scratch") and cells[10] in ("yes", "no")
+        assert sum(c.endswith("%") or c.endswith("%**") for c in cells[4:8]) == 4  # an accuracy per strategy
+    assert "held-out digits: " in md and len(list((tmp_path / "work" / "digits-train-20").iterdir())) == 10
