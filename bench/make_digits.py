@@ -13,12 +13,15 @@ seeds for training and test sets.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_shapes import cli, write_images  # noqa: E402
 
 CLASSES = tuple("0123456789")
 FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts"), Path("/Library/Fonts"),
@@ -69,27 +72,8 @@ def render(digit: str, size: int, rng: np.random.Generator) -> Image.Image:
 
 def make_digits(out: str | Path, per_class: int, seed: int = 0, size: int = 96) -> Path:
     """Write ``per_class`` images of each digit under ``out``; returns ``out``."""
-    out = Path(out)
-    for k, cls in enumerate(CLASSES):
-        d = out / cls
-        d.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng([seed, k])
-        for i in range(per_class):
-            render(cls, size, rng).save(d / f"{cls}_{i:04d}.png")
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path)
-    p.add_argument("--per-class", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=96)
-    args = p.parse_args(argv)
-    make_digits(args.out, args.per_class, args.seed, args.size)
-    print(f"wrote {args.per_class * len(CLASSES)} images to {args.out}")
-    return 0
+    return write_images(out, CLASSES, render, per_class, seed, size)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(make_digits, len(CLASSES), __doc__))

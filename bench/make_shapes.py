@@ -95,29 +95,36 @@ def render(cls: str, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_shapes(out: str | Path, per_class: int, seed: int = 0, size: int = 96) -> Path:
-    """Write ``per_class`` images of each class under ``out``; returns ``out``."""
+def write_images(out: str | Path, classes: tuple[str, ...], render_one, per_class: int, seed: int = 0,
+                 size: int = 96) -> Path:
+    """Write ``per_class`` images of each class (``render_one(cls, size, rng)``) to OUT/<class>/<class>_<i>.png."""
     out = Path(out)
-    for k, cls in enumerate(CLASSES):
+    for k, cls in enumerate(classes):
         d = out / cls
         d.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, k])
         for i in range(per_class):
-            render(cls, size, rng).save(d / f"{cls}_{i:04d}.png")
+            render_one(cls, size, rng).save(d / f"{cls}_{i:04d}.png")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_shapes(out: str | Path, per_class: int, seed: int = 0, size: int = 96) -> Path:
+    """Write ``per_class`` images of each class under ``out``; returns ``out``."""
+    return write_images(out, CLASSES, render, per_class, seed, size)
+
+
+def cli(make, n_classes: int, doc: str, argv: list[str] | None = None) -> int:
+    """The command line shared by the dataset generators: OUT --per-class --seed --size."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96)
     args = p.parse_args(argv)
-    make_shapes(args.out, args.per_class, args.seed, args.size)
-    print(f"wrote {args.per_class * len(CLASSES)} images to {args.out}")
+    make(args.out, args.per_class, args.seed, args.size)
+    print(f"wrote {args.per_class * n_classes} images to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(make_shapes, len(CLASSES), __doc__))
