@@ -41,7 +41,7 @@ class AppDefaults:
     weights: str = "imagenet"  # "imagenet" | "none"
     epochs: int = 5
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None  # None: the selected strategy's default (xfer.STRATEGIES[...].lr)
     max_per_class: int | None = None  # None: 100 on CPU (a first run that ends in minutes), all on a GPU
 
 
@@ -211,7 +211,7 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
             return {advisor_md: f"The advisor could not measure your images ({e}); choose a strategy yourself."}
         session.similarity = rec.similarity
         return {strategy: rec.strategy, strategy_md: ui.strategy_markdown(rec.strategy),
-                advisor_md: ui.recommendation_markdown(rec)}
+                lr: ui.strategy_lr(rec.strategy, d.lr), advisor_md: ui.recommendation_markdown(rec)}
 
     # ---------------- handlers: training ----------------
 
@@ -487,7 +487,7 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
                             image_size = gr.Slider(32, 512, value=d.image_size, step=16, label="Image size (pixels)",
                                                    elem_id="image-size")
                             with gr.Row():
-                                lr = gr.Number(value=d.lr, label="Learning rate", minimum=1e-6, elem_id="lr")
+                                lr = gr.Number(value=ui.strategy_lr("head", d.lr), label="Learning rate", minimum=1e-6, elem_id="lr")
                                 batch_size = gr.Number(value=d.batch_size, label="Batch size", precision=0,
                                                        minimum=1, maximum=1024, elem_id="batch-size")
                             max_per_class = gr.Number(
@@ -583,7 +583,7 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
         for button, target in ((next_train, "train"), (next_evaluate, "evaluate"), (next_predict, "predict")):
             button.click(lambda t=target: gr.Tabs(selected=t), None, tabs, queue=False, api_visibility="private")
         data_out = [data_summary, class_counts, data_gallery, skipped_table, examples, advisor_md]
-        rec_out = [strategy, strategy_md, advisor_md]
+        rec_out = [strategy, strategy_md, lr, advisor_md]
         eval_out = [eval_summary, per_class_table, confusion_plot, misclassified]
         model_out = [model_info, predict_label, gradcam_image, download_file, *eval_out]
         # Queue: training (and full evaluations) share one slot per device ("train", max_train_jobs);
@@ -603,7 +603,8 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
         clear_btn.click(on_clear_classes, [session], data_out, api_name="clear_classes", **data_kw)
         max_per_class.change(on_recommend, [session, max_per_class], rec_out, api_name="recommend",
                              trigger_mode="always_last", show_progress="minimal", concurrency_id="data")
-        strategy.change(ui.strategy_markdown, [strategy], [strategy_md], queue=False, **private)
+        strategy.change(lambda name: (ui.strategy_markdown(name), ui.strategy_lr(name, d.lr)), [strategy],
+                        [strategy_md, lr], queue=False, **private)
         gr.on([backbone.change, pretrained.change], weights_note, [backbone, pretrained], [backbone_md],
               queue=False, **private)
 

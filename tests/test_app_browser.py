@@ -83,6 +83,11 @@ def wait_text(page, selector: str, text: str) -> None:
                            arg=[selector, text])
 
 
+def wait_number(page, elem_id: str, value: float) -> None:
+    page.wait_for_function("([s, v]) => Number(document.querySelector(s)?.value) === v",
+                           arg=[f"#{elem_id} input[type=number]", value])
+
+
 def upload_dataset(page, zip_path: Path) -> None:
     page.set_input_files("#upload-zip input[type=file]", str(zip_path))
     wait_text(page, "#data-summary", "40 images in 5 classes")
@@ -191,6 +196,7 @@ def test_stop_keeps_the_previous_model(page, data):
     tab(page, "2 · Train")
     wait_text(page, "#advisor", "Recommended:")
     page.get_by_label("head · Small data, similar domain").check()
+    wait_number(page, "lr", 1e-3)  # the learning rate field follows the strategy's default
     set_number(page, "epochs", 1)
     train_and_wait(page)
     tab(page, "4 · Predict")
@@ -199,6 +205,7 @@ def test_stop_keeps_the_previous_model(page, data):
 
     tab(page, "2 · Train")
     page.get_by_label("finetune · Large data, similar domain").check()
+    wait_number(page, "lr", 3e-3)
     set_number(page, "epochs", 50)
     page.click("#train-btn")
     wait_text(page, "#train-progress", "epoch ")

@@ -144,3 +144,9 @@ def test_model_zip_round_trip(tmp_path, color_dataset):
         ui.find_model_folder(tmp_path / "dl")
     with pytest.raises(ModelError):
         ui.zip_model_dir(tmp_path / "dl", tmp_path / "x.zip")
+
+
+def test_learning_rate_field_follows_the_strategy_unless_fixed():
+    assert ui.strategy_lr("finetune") == xfer.STRATEGIES["finetune"].lr == 3e-3
+    assert ui.strategy_lr("truncate") == 1e-3 and ui.strategy_lr(None) == 1e-3
+    assert ui.strategy_lr("finetune", fixed=5e-4) == 5e-4

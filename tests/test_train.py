@@ -13,7 +13,8 @@ import xfer
 from tests.conftest import make_color_dataset
 from xfer import Cancelled, ModelError, TrainConfig
 from xfer.data import scan_folder
-from xfer.engine import EpochStats, Progress, stream
+from xfer.engine import EpochStats, Progress, make_optimizer, stream
+from xfer.strategies import build_network, make_spec
 from xfer.evaluation import metrics_from_predictions
 
 CPU = xfer.select_device("cpu", num_workers=0)
@@ -210,3 +211,17 @@ def test_save_removes_leftovers_of_long_dead_saves(colors, tmp_path):
     xfer.save_model(model, tmp_path / "m")
     assert not stale.exists()  # killed long ago
     assert fresh.exists()  # may belong to a save still running in another process
+
+
+def test_learning_rate_defaults_to_the_strategys(colors):
+    from xfer.strategies import STRATEGIES
+
+    assert TrainConfig().resolved("finetune").learning_rate == STRATEGIES["finetune"].lr == 3e-3
+    assert TrainConfig().resolved("head").learning_rate == STRATEGIES["head"].lr == 1e-3
+    assert TrainConfig(lr=5e-4).resolved("finetune").learning_rate == 5e-4  # an explicit value wins
+    assert TrainConfig(optimizer="sgd").resolved("finetune").learning_rate == 1e-2
+    model = _train(colors, strategy="finetune", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    assert model.training["lr"] == 3e-3 and model.history[0]["lr"] > 0
+    net = build_network(make_spec("resnet18", "finetune", 3), weights=None)
+    groups = make_optimizer(net, "finetune", TrainConfig()).param_groups
+    assert max(g["lr"] for g in groups) == 3e-3 and min(g["lr"] for g in groups) == pytest.approx(3e-4)

@@ -85,6 +85,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
         strategy = rec.strategy
     elif strategy not in STRATEGIES:
         raise ConfigError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} or auto.")
+    config = config.resolved(strategy)
     spec = make_spec(backbone, strategy, len(report.classes), cut=cut)
     net = build_network(spec, weights=weights, reinit=reinit if strategy == "finetune" else 0)
     pre = get_backbone(backbone).get_preprocessing().for_size(image_size)

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -27,7 +27,7 @@ from .backbones import Preprocessing
 from .device import DeviceInfo
 from .errors import Cancelled, ConfigError
 from .pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
-from .strategies import Classifier, param_groups
+from .strategies import Classifier, get_strategy, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class TrainConfig:
 
     epochs: int = 5
     batch_size: int = 32
-    lr: float | None = None  # None: 1e-3 for AdamW, 1e-2 for SGD
+    # None: the strategy's default for AdamW (1e-3 for frozen bodies; 3e-3 for finetune, measured 94.7% vs
+    # 93.0% with 1e-3 on the flowers, and scratch), 1e-2 for SGD. See resolved().
+    lr: float | None = None
     optimizer: str = "adamw"  # "adamw" | "sgd"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
@@ -61,6 +63,12 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-2 if self.optimizer == "sgd" else 1e-3)
+
+    def resolved(self, strategy: str) -> "TrainConfig":
+        """This config with ``lr`` filled in from ``strategy``'s row when it was left to the default."""
+        if self.lr is not None or self.optimizer != "adamw":
+            return self
+        return replace(self, lr=get_strategy(strategy).lr)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -283,6 +291,7 @@ def compute_features(body: nn.Module, loader, device: DeviceInfo,
 
 def make_optimizer(net: Classifier, strategy: str, config: TrainConfig,
                    device: DeviceInfo | None = None) -> torch.optim.Optimizer:
+    config = config.resolved(strategy)
     groups = param_groups(net, strategy, config.learning_rate, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9, nesterov=True)
@@ -316,6 +325,7 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     epoch. ``cancel.is_set()`` is checked after every batch; when set, fit raises
     :class:`Cancelled` (the caller's saved model is untouched since fit saves nothing).
     """
+    config = config.resolved(strategy)
     config.validate()
     if not train_items or not val_items:
         raise ConfigError("Training needs at least one training and one validation image.")

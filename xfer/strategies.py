@@ -34,6 +34,7 @@ class Strategy:
     frozen: bool  # kept layers get no gradient (and their outputs can be cached)
     hidden: tuple[int, ...]  # widths of the new hidden fully connected layers
     body_lr_mult: float  # learning rate of kept layers relative to the new head
+    lr: float  # default AdamW learning rate of the new head (measured, see bench/results/)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -47,7 +48,7 @@ STRATEGIES: dict[str, Strategy] = {
             "frozen and only a new final classification layer is trained on top of it. Each image "
             "goes through the frozen network once (its features are cached), which makes this by "
             "far the fastest strategy and the hardest to overfit.",
-            keep="all", pretrained=True, frozen=True, hidden=(), body_lr_mult=0.0,
+            keep="all", pretrained=True, frozen=True, hidden=(), body_lr_mult=0.0, lr=1e-3,
         ),
         Strategy(
             "truncate", "Small data, different domain",
@@ -57,7 +58,7 @@ STRATEGIES: dict[str, Strategy] = {
             "objects, but its early layers detect generic edges, colours and textures that transfer "
             "to almost anything. Only those early layers are kept, frozen, and new fully connected "
             "layers are trained on their pooled features.",
-            keep="early", pretrained=True, frozen=True, hidden=(512,), body_lr_mult=0.0,
+            keep="early", pretrained=True, frozen=True, hidden=(512,), body_lr_mult=0.0, lr=1e-3,
         ),
         Strategy(
             "finetune", "Large data, similar domain",
@@ -67,7 +68,7 @@ STRATEGIES: dict[str, Strategy] = {
             "the pretrained layers at a tenth of it so that what they already know is adjusted, "
             "not destroyed. The most accurate strategy when there is enough data, and the slowest "
             "of the pretrained ones.",
-            keep="all", pretrained=True, frozen=False, hidden=(), body_lr_mult=0.1,
+            keep="all", pretrained=True, frozen=False, hidden=(), body_lr_mult=0.1, lr=3e-3,
         ),
         Strategy(
             "scratch", "Large data, different domain",
@@ -75,7 +76,7 @@ STRATEGIES: dict[str, Strategy] = {
             "You have many images of a domain unlike everyday photos, so ImageNet's weights bring "
             "little. The architecture is kept but every weight starts random and is trained on your "
             "data alone. It needs the most data and the most epochs.",
-            keep="all", pretrained=False, frozen=False, hidden=(), body_lr_mult=1.0,
+            keep="all", pretrained=False, frozen=False, hidden=(), body_lr_mult=1.0, lr=3e-3,
         ),
     ]
 }

@@ -218,6 +218,14 @@ def strategy_markdown(name: str | None) -> str:
     return f"**{s.name}: {s.summary}**\n\n{s.explanation}"
 
 
+def strategy_lr(name: str | None, fixed: float | None = None) -> float:
+    """The learning rate field's value for a strategy: ``fixed`` if the app was given one, else the strategy's."""
+    if fixed is not None:
+        return fixed
+    s = STRATEGIES.get(name or "")
+    return s.lr if s is not None else STRATEGIES["head"].lr
+
+
 def recommendation_markdown(rec: Any | None) -> str:
     if rec is None:
         return "The advisor recommends a strategy once a dataset is loaded."
