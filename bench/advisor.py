@@ -63,8 +63,9 @@ def budget(strategy: str, n_train: int, quick: bool) -> TrainConfig:
         return TrainConfig(epochs=10 if quick else 30, batch_size=16, lr=1e-3, label_smoothing=0.1,
                            cache_views=1 if quick else 2, augment=not quick, seed=SEED)
     epochs = 1 if quick else max(3, math.ceil(1500 / max(n_train, 1)))
-    lr = 1e-3 if strategy == "finetune" else 3e-3  # finetune: the body at 1e-4 (body_lr_mult 0.1)
-    return TrainConfig(epochs=epochs, batch_size=16 if n_train < 400 else 32, lr=lr, label_smoothing=0.1, seed=SEED)
+    # lr=None: the strategy's default (3e-3 for both; finetune's body at 3e-4).
+    return TrainConfig(epochs=epochs, batch_size=16 if n_train < 400 else 32, lr=None, label_smoothing=0.1,
+                       seed=SEED)
 
 
 def flowers_root() -> Path:
