@@ -487,7 +487,8 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
                             image_size = gr.Slider(32, 512, value=d.image_size, step=16, label="Image size (pixels)",
                                                    elem_id="image-size")
                             with gr.Row():
-                                lr = gr.Number(value=ui.strategy_lr("head", d.lr), label="Learning rate", minimum=1e-6, elem_id="lr")
+                                lr = gr.Number(value=ui.strategy_lr("head", d.lr), label="Learning rate",
+                                               minimum=1e-6, elem_id="lr")
                                 batch_size = gr.Number(value=d.batch_size, label="Batch size", precision=0,
                                                        minimum=1, maximum=1024, elem_id="batch-size")
                             max_per_class = gr.Number(

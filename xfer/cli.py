@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=None, help="default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) or 1e-2 (sgd)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) or 1e-2 (sgd)")
     t.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--label-smoothing", type=float, default=0.0)

@@ -34,7 +34,7 @@ class Strategy:
     frozen: bool  # kept layers get no gradient (and their outputs can be cached)
     hidden: tuple[int, ...]  # widths of the new hidden fully connected layers
     body_lr_mult: float  # learning rate of kept layers relative to the new head
-    lr: float  # default AdamW learning rate of the new head (measured, see bench/results/)
+    lr: float  # default AdamW learning rate of the new head (finetune's measured: bench/results/finetune-sweep.md)
 
 
 STRATEGIES: dict[str, Strategy] = {
