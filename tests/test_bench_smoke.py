@@ -60,8 +60,8 @@ def test_head_vs_tutorial_bench_runs_quick(tmp_path):
 
 def test_advisor_bench_runs_quick(tmp_path):
     out = tmp_path / "advisor.md"
-    proc = _run(["bench/advisor.py", "--quick", "--domains", "shapes,digits", "--work", str(tmp_path / "work"),
-                 "--out", str(out)])
+    proc = _run(["bench/advisor.py", "--quick", "--domains", "shapes,digits", "--image-size", "48",
+                 "--work", str(tmp_path / "work"), "--out", str(out)])
     md = out.read_text()
     assert md.strip() in proc.stdout
     rows = [line for line in md.splitlines() if line.startswith(("| shapes-20 ", "| digits-20 "))]
