@@ -42,6 +42,17 @@ def test_cleanup_stale_sessions(tmp_path, monkeypatch):
     os.utime(old.workdir, (past, past))
     assert ui.cleanup_stale_sessions(max_age_s=24 * 3600) == 1
     assert not old.workdir.exists() and new.workdir.exists()
+    # A running server does it too, at most hourly, when a new visitor's folder is made.
+    stale = tmp_path / "sessions" / "left-by-an-api-client"
+    stale.mkdir()
+    os.utime(stale, (past, past))
+    monkeypatch.setattr(ui, "_LAST_CLEANUP", [time.monotonic() - ui.CLEANUP_EVERY_S - 1])
+    ui.Session().workdir
+    assert not stale.exists() and new.workdir.exists()
+    stale.mkdir()
+    os.utime(stale, (past, past))
+    ui.Session().workdir  # within the hour: left for the next round
+    assert stale.exists()
 
 
 def test_report_views(color_dataset):

@@ -74,6 +74,7 @@ class Session:
         if self._workdir is None:
             self._workdir = sessions_root() / self.id
             self._workdir.mkdir(parents=True, exist_ok=True)
+            _housekeeping()
         return self._workdir
 
     def new_dir(self, prefix: str) -> Path:
@@ -98,6 +99,25 @@ class Session:
             shutil.rmtree(self._workdir, ignore_errors=True)
             log.info("deleted session folder %s", self._workdir)
             self._workdir = None
+
+
+_LAST_CLEANUP = [0.0]  # server-wide housekeeping clock (monotonic), not visitor state
+CLEANUP_EVERY_S = 3600.0
+
+
+def _housekeeping() -> None:
+    """At most once an hour, when a visitor's folder is first made: remove stale ones.
+
+    Visitors whose page never closes properly (API clients, killed browsers) never trigger
+    the State's delete callback; without this their folders would wait for a server restart.
+    """
+    now = time.monotonic()
+    if now - _LAST_CLEANUP[0] < CLEANUP_EVERY_S and _LAST_CLEANUP[0]:
+        return
+    _LAST_CLEANUP[0] = now
+    removed = cleanup_stale_sessions()
+    if removed:
+        log.info("removed %d stale session folders", removed)
 
 
 def cleanup_stale_sessions(max_age_s: float = 24 * 3600) -> int:
