@@ -29,8 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+
+from common import flowers_root, write_text  # noqa: E402
 
 import xfer  # noqa: E402
 from xfer.backbones import Preprocessing, _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
@@ -59,18 +62,6 @@ QUICK = {
     "finetune": (128, TrainConfig(epochs=1, seed=SEED)),
     "scratch": (128, TrainConfig(epochs=1, seed=SEED)),
 }
-
-
-def flowers_root() -> Path:
-    env = os.environ.get("XFER_FLOWERS_DIR")
-    if env:
-        return Path(env)
-    shared = ROOT.parent / "shared" / "flowers" / "train"
-    if shared.is_dir():
-        return shared
-    from xfer.data import flowers_dir
-
-    return flowers_dir()
 
 
 def cpu_seconds() -> float:
@@ -195,19 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         size, config = plan[strategy]
         rows.append(run_lite(report, strategy, size, config, device))
         if args.out:  # partial results survive an interrupted run
-            write(args.out, render(False))
+            write_text(args.out, render(False))
     if "tutorial" in only:
         rows.append(run_tutorial(train_items, val_items, report.classes, device, args.quick))
     md = render(True)
     print(md)
     if args.out:
-        write(args.out, md)
+        write_text(args.out, md)
     return 0
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
 
 
 def markdown(args, argv, report, train_items, val_items, rows: list[Row], done: bool) -> str:

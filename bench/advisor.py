@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
+from common import flowers_root, write_text  # noqa: E402
+
 import xfer  # noqa: E402
 from xfer import advisor  # noqa: E402
 from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
@@ -66,14 +68,6 @@ def budget(strategy: str, n_train: int, quick: bool) -> TrainConfig:
     # lr=None: the strategy's default (3e-3 for both; finetune's body at 3e-4).
     return TrainConfig(epochs=epochs, batch_size=16 if n_train < 400 else 32, lr=None, label_smoothing=0.1,
                        seed=SEED)
-
-
-def flowers_root() -> Path:
-    env = os.environ.get("XFER_FLOWERS_DIR")
-    if env:
-        return Path(env)
-    shared = ROOT.parent / "shared" / "flowers" / "train"
-    return shared if shared.is_dir() else xfer.data.flowers_dir()
 
 
 #: Rendered domains: (generator, test images per class). Their "full" size is LARGE_SHAPES per class.
@@ -156,17 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         hits += ok
         rows.append((name, stats, rec, accs, secs, best, ok))
         if args.out:  # partial results survive an interrupted run
-            write(args.out, markdown(args, argv, rows, hits, t_start, load_start, done=False))
+            write_text(args.out, markdown(args, argv, rows, hits, t_start, load_start, done=False))
     md = markdown(args, argv, rows, hits, t_start, load_start, done=True)
     print(md)
     if args.out:
-        write(args.out, md)
+        write_text(args.out, md)
     return 0
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
 
 
 def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, done: bool) -> str:

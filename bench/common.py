@@ -24,6 +24,21 @@ SHARED_FLOWERS = Path(os.environ.get("XFER_FLOWERS_DIR") or ROOT.parent / "share
 RESULT_PREFIX = "BENCH-RESULT "
 
 
+def flowers_root() -> Path:
+    """The flower photos: ``XFER_FLOWERS_DIR`` or ``../shared/flowers/train``, else xfer's cached/downloaded set."""
+    if os.environ.get("XFER_FLOWERS_DIR") or SHARED_FLOWERS.is_dir():
+        return SHARED_FLOWERS
+    from xfer.data import flowers_dir
+
+    return flowers_dir()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
 def loadavg() -> str:
     """The 1-minute load average, to print beside timings on a shared machine."""
     try:
