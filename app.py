@@ -205,11 +205,11 @@ def build_demo(device: xfer.DeviceInfo | None = None, defaults: AppDefaults | No
             return {advisor_md: ui.recommendation_markdown(None)}
         report = ui.cap_per_class(session.report, int(max_per_class or 0))
         try:
-            rec = xfer.recommend(report, similarity="measure" if session.similarity == "unset" else session.similarity,
-                                 device=device)
+            measured = session.similarity
+            rec = xfer.recommend(report, similarity="measure" if isinstance(measured, str) else measured, device=device)
         except xfer.XferError as e:  # the advice is optional: say why there is none, keep going
             return {advisor_md: f"The advisor could not measure your images ({e}); choose a strategy yourself."}
-        session.similarity = rec.similarity
+        session.similarity = rec.measurement  # None: nothing could be measured; not measured again
         return {strategy: rec.strategy, strategy_md: ui.strategy_markdown(rec.strategy),
                 lr: ui.strategy_lr(rec.strategy, d.lr), advisor_md: ui.recommendation_markdown(rec)}
 

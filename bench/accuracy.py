@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         if fld == "size":
             size = int(value)
         else:
-            kind = type(getattr(config, fld)) if getattr(config, fld) is not None else float
+            current = getattr(config, fld)
+            kind = type(current) if current is not None else int if value.isdigit() else float
             config = replace(config, **{fld: kind(value) if kind is not bool else value.lower() in ("1", "true")})
         plan[strategy] = (size, config)
     only = [s.strip() for s in args.only.split(",") if s.strip()]

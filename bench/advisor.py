@@ -117,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "xfer-bench-shapes",
                    help="where the rendered images go (reused if present)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
+    p.add_argument("--rescore", type=Path, default=None, metavar="TABLE",
+                   help="train nothing: run only the advisor (on each dataset's first draw) and score its picks "
+                        "against the accuracies in TABLE, a markdown file written by an earlier full run")
+    p.add_argument("--samples", type=int, default=1,
+                   help="with --rescore: also measure on this many other samples (seeds) of each dataset, to "
+                        "show how much the pick depends on which images the advisor happened to see")
     args = p.parse_args(argv)
+    if args.rescore:
+        return rescore(args, argv)
     logging.basicConfig(level=logging.WARNING)
     sizes = (args.sizes or ("20" if args.quick else "20,100,full")).split(",")
     repeats = 1 if args.quick else args.repeats
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             report = draw(pool, size, seed)
             if seed == 0:  # the advisor sees the first draw, as a user would see their one dataset
                 stats = advisor.similarity_stats(report, BACKBONE)
-                rec = advisor.recommend(report, similarity=stats.score)
+                rec = advisor.recommend(report, similarity=stats)
             train_n = len(split_dataset(report, 0.2, seed=seed)[0])
             for strategy in STRATEGIES:
                 t0 = time.perf_counter()
@@ -158,6 +166,74 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def measured_table(path: Path) -> dict[str, dict[str, str]]:
+    """{dataset: {column: cell}} from the first table of a markdown file this script wrote."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in path.read_text().splitlines() if line.startswith("| ")]
+    return {cells[0]: dict(zip(rows[0], cells)) for cells in rows[1:]}
+
+
+def rescore(args, argv) -> int:
+    """The advisor's current picks against accuracies measured earlier (nothing is trained)."""
+    table = measured_table(args.rescore)
+    strat = list(STRATEGIES)
+    sizes = (args.sizes or "20,100,full").split(",")
+    lines = [f"## Strategy advisor vs measurement (advisor re-run on accuracies from `{args.rescore.name}`)", "",
+             f"`python bench/advisor.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
+             f"The accuracy columns are copied from `{args.rescore}` (measured there, not re-measured); the advisor "
+             f"was re-run on each dataset's first draw. Advisor: {rule_text()}", "",
+             "| dataset | images/class | probe: final / early features | confidence (class median) | "
+             + " | ".join(strat) + " | measured best | advisor | pick ok |"
+             + (" other samples: probe → pick |" if args.samples > 1 else ""),
+             "|" + "---|" * (len(strat) + 7 + (args.samples > 1))]
+    results, others = [], []
+    for name, pool, _test, size in datasets(args.work, sizes, args.domains.split(",")):
+        if name not in table:
+            continue
+        report = draw(pool, size, 0)
+        stats = advisor.similarity_stats(report, BACKBONE)
+        rec = advisor.recommend(report, similarity=stats)
+        mean = {st: float(table[name][st].strip("*").split("%")[0]) / 100 for st in strat}
+        best = max(mean, key=mean.get)
+        ok = mean[rec.strategy] >= mean[best] - 0.01
+        results.append((name, ok))
+        extra = []
+        for seed in range(1, args.samples):
+            other = advisor.similarity_stats(report, BACKBONE, seed=seed)
+            pick = advisor.recommend(report, similarity=other).strategy
+            others.append(mean[pick] >= mean[best] - 0.01)
+            extra.append(f"{probe_cell(other)} → {pick}")
+        lines.append(f"| {name} | {rec.images_per_class:.0f} | {probe_cell(stats)} | {stats.score:.2f} | "
+                     + " | ".join(table[name][st] for st in strat) + f" | {best} | {rec.strategy} | "
+                     f"{'yes' if ok else 'no'} |" + (f" {'; '.join(extra)} |" if extra else ""))
+        print(f"  {name}: {probe_cell(stats)}, confidence {stats.score:.2f} -> {rec.strategy} "
+              f"({'ok' if ok else 'not the best'})", file=sys.stderr, flush=True)
+    held = [ok for name, ok in results if name.split("-")[0] in HELD_OUT]
+    tuned = [ok for name, ok in results if name.split("-")[0] not in HELD_OUT]
+    lines += ["", f"The advisor's pick is the measured best or within 1 point of it on **{sum(ok for _, ok in results)} "
+              f"of {len(results)}** datasets (flowers and shapes: {sum(tuned)} of {len(tuned)}; digits: "
+              f"{sum(held)} of {len(held)})."]
+    if others:
+        lines += ["", f"On the other samples (seeds 1–{args.samples - 1} of the advisor's sample of each dataset's first "
+                      f"draw), its pick is the best or within 1 point in **{sum(others)} of {len(others)}** cases."]
+    md = "\n".join(lines)
+    print(md)
+    if args.out:
+        write_text(args.out, md)
+    return 0
+
+
+def rule_text() -> str:
+    return (f"small < {advisor.SMALL_PER_CLASS} images/class; similar when the linear probe on the final "
+            f"features beats the early features' (4-fold cross-validated, {advisor.PROBE_PER_CLASS} images "
+            f"per class), different when it loses, and on a tie when the confidence is ≥ "
+            f"{advisor.SIMILAR_CONFIDENCE:.2f}.")
+
+
+def probe_cell(stats) -> str:
+    return f"{stats.probe['head']:.0%} / {stats.probe['truncate']:.0%}" if stats.probe else "–"
+
+
 def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, done: bool) -> str:
     strat = list(STRATEGIES)
     lines = [
@@ -167,9 +243,8 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         f"{BACKBONE}, images {args.image_size} px, short budgets (see `budget()`); accuracy on held-out test sets "
         f"(flowers: the 15% split, 469 photos; shapes: 500 and digits: 500 images of another seed). Sub-sampled sets: mean over "
         f"{1 if args.quick else args.repeats} draws and training seeds (min–max in brackets); full sets: one run. "
-        f"Advisor thresholds: small < {advisor.SMALL_PER_CLASS} images/class, "
-        f"similar ≥ {advisor.SIMILAR_CONFIDENCE:.2f}.", "",
-        "| dataset | images/class | similarity (class median) | mean top-1 (old measure) | "
+        f"Advisor: {rule_text()}", "",
+        "| dataset | images/class | probe: final / early features | confidence (class median) | "
         + " | ".join(strat) + " | measured best | advisor | pick ok |",
         "|" + "---|" * (len(strat) + 7),
     ]
@@ -179,7 +254,7 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
             m = statistics.fmean(accs[s])
             cell = f"{m:.1%}" + (f" ({min(accs[s]):.0%}–{max(accs[s]):.0%})" if len(accs[s]) > 1 else "")
             cells.append(f"**{cell}**" if s == best else cell)
-        lines.append(f"| {name} | {rec.images_per_class:.0f} | {stats.score:.2f} | {stats.mean:.2f} | "
+        lines.append(f"| {name} | {rec.images_per_class:.0f} | {probe_cell(stats)} | {stats.score:.2f} | "
                      + " | ".join(cells) + f" | {best} | {rec.strategy} | {'yes' if ok else 'no'} |")
     total = time.perf_counter() - t_start
     held = [r for r in rows if r[0].split("-")[0] in HELD_OUT]

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 import xfer
 from xfer import advisor
@@ -52,6 +53,40 @@ def test_without_similarity_decides_on_size_alone_and_says_so():
     assert "not measured" in small.reason and "size alone" in small.reason
 
 
+def stats(score: float, head: float | None, truncate: float | None) -> advisor.SimilarityStats:
+    probe = None if head is None else {"head": head, "truncate": truncate}
+    return advisor.SimilarityStats(score, score, {}, "efficientnet_lite0", 40, probe, 4 if probe else 0)
+
+
+def test_the_probe_decides_and_a_tie_falls_back_to_the_confidence():
+    small, large = fake_report([20, 20]), fake_report([advisor.SMALL_PER_CLASS] * 2)
+    confident, unsure = advisor.SIMILAR_CONFIDENCE + 0.2, advisor.SIMILAR_CONFIDENCE - 0.2
+    # Early features better: different domain, however confident ImageNet's classifier is.
+    rec = xfer.recommend(small, similarity=stats(confident, 0.60, 0.62))
+    assert rec.strategy == "truncate" and rec.probe == {"head": 0.60, "truncate": 0.62}
+    assert "different from" in rec.reason and "62%" in rec.reason
+    assert xfer.recommend(large, similarity=stats(confident, 0.60, 0.62)).strategy == "scratch"
+    # Final features better: similar, however unsure.
+    assert xfer.recommend(small, similarity=stats(unsure, 0.80, 0.60)).strategy == "head"
+    assert xfer.recommend(large, similarity=stats(unsure, 0.80, 0.60)).strategy == "finetune"
+    # A tie, or no probe at all: the confidence score decides.
+    assert xfer.recommend(small, similarity=stats(confident, 0.70, 0.70)).strategy == "head"
+    rec = xfer.recommend(small, similarity=stats(unsure, 0.70, 0.70))
+    assert rec.strategy == "truncate" and "a tie" in rec.reason
+    assert xfer.recommend(small, similarity=stats(unsure, None, None)).strategy == "truncate"
+
+
+def test_probe_accuracy_separates_signal_from_noise():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(12)
+    noise = torch.randn(36, 64, generator=g)
+    class_means = torch.randn(3, 64, generator=g)  # each class shifted along its own direction
+    assert advisor.probe_accuracy(noise + class_means[labels], labels) == 1.0
+    assert advisor.probe_accuracy(noise, labels) < 0.5  # chance is 1/3
+    # A weaker shift scores lower: the probe ranks feature sets, it does not only say yes or no.
+    assert advisor.probe_accuracy(noise + 0.3 * class_means[labels], labels) < 1.0
+
+
 @pytest.mark.slow
 def test_small_flower_subset_gets_head(flowers_dir):
     full = xfer.load_dataset(flowers_dir)
@@ -60,6 +95,10 @@ def test_small_flower_subset_gets_head(flowers_dir):
     assert rec.similarity_backbone == "efficientnet_lite0"
     assert rec.similarity >= advisor.SIMILAR_CONFIDENCE + 0.05, rec.reason
     assert rec.strategy == "head", rec.reason
+    assert rec.probe["head"] >= rec.probe["truncate"] + 0.05, rec.reason
+    assert rec.measurement.images == 60 and rec.measurement.folds == 4  # 12 per class: all of them
+    again = xfer.recommend(report, similarity=rec.measurement)  # reused, not measured again
+    assert (again.strategy, again.probe, again.similarity) == (rec.strategy, rec.probe, rec.similarity)
 
 
 @pytest.mark.slow
@@ -68,9 +107,10 @@ def test_small_synthetic_shapes_get_truncate(tmp_path):
     report = xfer.load_dataset(make_shapes(tmp_path / "shapes", per_class=10, seed=3))
     assert len(report.classes) == 5
     stats = advisor.similarity_stats(report, "efficientnet_lite0")
-    # 64 sampled over 5 classes: 12 per class, capped by the 10 there are.
+    # PROBE_PER_CLASS per class, capped by the 10 there are.
     assert stats.images == 50 and set(stats.per_class) == set(report.classes)
-    rec = xfer.recommend(report, similarity=stats.score)
     assert stats.score <= advisor.SIMILAR_CONFIDENCE - 0.05, stats
+    assert stats.probe["truncate"] > stats.probe["head"], stats
+    rec = xfer.recommend(report, similarity=stats)
     assert rec.strategy == "truncate", rec.reason
-    assert "different from" in rec.reason
+    assert "different from" in rec.reason and "early layers" in rec.reason

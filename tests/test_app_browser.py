@@ -152,6 +152,7 @@ def test_first_visit_upload_train_evaluate_predict(page, data):
     page.click("#next-train")  # the "Next" button leads to the next step
     page.get_by_role("tab", name="2 · Train", selected=True).wait_for()
     wait_text(page, "#advisor", "Recommended:")
+    assert "cross-validated" in page.inner_text("#advisor")  # the probe's numbers are shown with the pick
     assert "CPU" in page.inner_text("#device-info")
     shot(page, "03-train-ready")
     watch_progress(page)

@@ -53,7 +53,7 @@ class Session:
         self.model: XferModel | None = None
         self.model_dir: Path | None = None
         self.model_source = ""
-        self.similarity: Any = "unset"  # the advisor's measurement for ``report``: float, None or "unset"
+        self.similarity: Any = "unset"  # the advisor's measurement of ``report``: SimilarityStats, None or "unset"
         self.example_paths: list[Path] = []
         self.cancel = threading.Event()
         self.training = False
