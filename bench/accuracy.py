@@ -31,11 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import torch  # noqa: E402
-
 from common import flowers_root, write_text  # noqa: E402
 
-import xfer  # noqa: E402
+import xfer  # noqa: E402  (before torch: xfer sets OpenMP's wait policy, read when torch loads)
+import torch  # noqa: E402
 from xfer.backbones import Preprocessing, _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
 from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
 from xfer.engine import TrainConfig, fit  # noqa: E402

@@ -225,3 +225,19 @@ def test_learning_rate_defaults_to_the_strategys(colors):
     net = build_network(make_spec("resnet18", "finetune", 3), weights=None)
     groups = make_optimizer(net, "finetune", TrainConfig()).param_groups
     assert max(g["lr"] for g in groups) == 3e-3 and min(g["lr"] for g in groups) == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_xfer_lets_idle_openmp_threads_sleep_unless_told_otherwise(preset, expected):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run([sys.executable, "-c", "import os, sys, xfer; print(os.environ['OMP_WAIT_POLICY'], "
+                          "'torch' in sys.modules)"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "True"]  # set by the time xfer has loaded torch
