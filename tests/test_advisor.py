@@ -97,6 +97,8 @@ def test_small_flower_subset_gets_head(flowers_dir):
     assert rec.strategy == "head", rec.reason
     assert rec.probe["head"] >= rec.probe["truncate"] + 0.05, rec.reason
     assert rec.measurement.images == 60 and rec.measurement.folds == 4  # 12 per class: all of them
+    saved = rec.to_dict()  # what config.json and `recommend --json` keep: a summary, not the measurement
+    assert saved["sample_images"] == 60 and saved["probe"] == rec.probe and "measurement" not in saved
     again = xfer.recommend(report, similarity=rec.measurement)  # reused, not measured again
     assert (again.strategy, again.probe, again.similarity) == (rec.strategy, rec.probe, rec.similarity)
 

@@ -91,7 +91,11 @@ class Recommendation:
     measurement: SimilarityStats | None = None  # pass it back as ``similarity=`` to skip measuring again
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What a saved model's config.json and ``recommend --json`` keep (the measurement's summary)."""
+        d = asdict(self)
+        m = d.pop("measurement")
+        d["sample_images"] = m["images"] if m else None
+        return d
 
 
 def similarity_backbone() -> str | None:
