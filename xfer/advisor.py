@@ -151,7 +151,8 @@ def similarity_stats(report: DatasetReport, backbone: str | None = None, per_cla
     for label, c in zip(labels.tolist(), confidence):
         by_class.setdefault(label, []).append(c)
     class_means = {report.classes[c]: statistics.fmean(v) for c, v in sorted(by_class.items())}
-    folds = min(4, int(torch.bincount(labels).min())) if len(by_class) > 1 else 0
+    counts = torch.bincount(labels)
+    folds = min(4, int(counts[counts > 0].min())) if len(by_class) > 1 else 0
     probe = ({k: probe_accuracy(torch.cat(f), labels, folds, seed) for k, f in feats.items()}
              if folds >= 2 else None)
     return SimilarityStats(float(statistics.median(class_means.values())), statistics.fmean(confidence),
@@ -186,13 +187,6 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, folds: int = 4,
             opt.step(closure)
         correct += int(((xte @ w + bias).detach().argmax(1) == labels[test]).sum())
     return correct / len(labels)
-
-
-def measure_similarity(report: DatasetReport, backbone: str | None = None, device: DeviceInfo | None = None,
-                       seed: int = 0) -> tuple[float, str] | None:
-    """The confidence score (see :class:`SimilarityStats`) and the backbone that measured it; None if none can."""
-    stats = similarity_stats(report, backbone, device=device, seed=seed)
-    return (stats.score, stats.backbone) if stats else None
 
 
 def recommend(report: DatasetReport, similarity: float | SimilarityStats | None | str = "measure",
