@@ -382,7 +382,8 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     step_module = torch.compile(module) if config.compile else module
 
     history: list[EpochStats] = []
-    best_acc, best_epoch, best_state, best_out = -1.0, 0, None, None
+    best_acc, best_loss, best_epoch, best_state, best_out = -1.0, math.inf, 0, None, None
+    gained = 0
     stopped_early = False
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -400,11 +401,15 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
                  train_loss, train_acc, out.loss, out.accuracy, stats.seconds)
         if callback is not None:
             callback(stats)
+        # Equal accuracy, lower loss wins: on a few validation images accuracy often saturates early,
+        # and the first epoch to reach it is rarely the most confident model.
         if out.accuracy > best_acc:
-            best_acc, best_epoch, best_out = out.accuracy, epoch, out
+            gained = epoch  # patience counts epochs without a better accuracy
+        if out.accuracy > best_acc or (out.accuracy == best_acc and out.loss < best_loss):
+            best_acc, best_loss, best_epoch, best_out = out.accuracy, out.loss, epoch, out
             # A copy on the device: no copy to the host (and wait for it) after every improving epoch.
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        elif config.patience is not None and epoch - best_epoch >= config.patience:
+        if config.patience is not None and epoch - gained >= config.patience:
             stopped_early = True
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
             break
