@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
         mean = {s: statistics.fmean(v) for s, v in accs.items()}
         best = max(mean, key=mean.get)
-        ok = mean[rec.strategy] >= mean[best] - 0.01
+        ok = pick_ok(mean, rec.strategy)
         hits += ok
         rows.append((name, stats, rec, accs, secs, best, ok))
         if args.out:  # partial results survive an interrupted run
@@ -181,10 +181,7 @@ def rescore(args, argv) -> int:
              f"`python bench/advisor.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
              f"The accuracy columns are copied from `{args.rescore}` (measured there, not re-measured); the advisor "
              f"was re-run on each dataset's first draw. Advisor: {rule_text()}", "",
-             "| dataset | images/class | probe: final / early features | confidence (class median) | "
-             + " | ".join(strat) + " | measured best | advisor | pick ok |"
-             + (" other samples: probe → pick |" if args.samples > 1 else ""),
-             "|" + "---|" * (len(strat) + 7 + (args.samples > 1))]
+             *table_header(("other samples: probe → pick",) if args.samples > 1 else ())]
     results, others = [], []
     for name, pool, _test, size in datasets(args.work, sizes, args.domains.split(",")):
         if name not in table:
@@ -194,13 +191,13 @@ def rescore(args, argv) -> int:
         rec = advisor.recommend(report, similarity=stats)
         mean = {st: float(table[name][st].strip("*").split("%")[0]) / 100 for st in strat}
         best = max(mean, key=mean.get)
-        ok = mean[rec.strategy] >= mean[best] - 0.01
+        ok = pick_ok(mean, rec.strategy)
         results.append((name, ok))
         extra = []
         for seed in range(1, args.samples):
             other = advisor.similarity_stats(report, BACKBONE, seed=seed)
             pick = advisor.recommend(report, similarity=other).strategy
-            others.append(mean[pick] >= mean[best] - 0.01)
+            others.append(pick_ok(mean, pick))
             extra.append(f"{probe_cell(other)} → {pick}")
         lines.append(f"| {name} | {rec.images_per_class:.0f} | {probe_cell(stats)} | {stats.score:.2f} | "
                      + " | ".join(table[name][st] for st in strat) + f" | {best} | {rec.strategy} | "
@@ -220,6 +217,17 @@ def rescore(args, argv) -> int:
     if args.out:
         write_text(args.out, md)
     return 0
+
+
+def table_header(extra: tuple[str, ...] = ()) -> list[str]:
+    cols = ["dataset", "images/class", "probe: final / early features", "confidence (class median)",
+            *STRATEGIES, "measured best", "advisor", "pick ok", *extra]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def pick_ok(mean: dict[str, float], pick: str) -> bool:
+    """The pick is the measured best or within 1 point of it."""
+    return mean[pick] >= max(mean.values()) - 0.01
 
 
 def rule_text() -> str:
@@ -243,9 +251,7 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         f"(flowers: the 15% split, 469 photos; shapes: 500 and digits: 500 images of another seed). Sub-sampled sets: mean over "
         f"{1 if args.quick else args.repeats} draws and training seeds (min–max in brackets); full sets: one run. "
         f"Advisor: {rule_text()}", "",
-        "| dataset | images/class | probe: final / early features | confidence (class median) | "
-        + " | ".join(strat) + " | measured best | advisor | pick ok |",
-        "|" + "---|" * (len(strat) + 7),
+        *table_header(),
     ]
     for name, stats, rec, accs, secs, best, ok in rows:
         cells = []
