@@ -9,6 +9,7 @@ around each run (the machine may be shared: wall times then say little).
     python bench/accuracy.py                      # the full run (about an hour on 2 busy cores)
     python bench/accuracy.py --quick              # smoke check: 40 images per class, small budgets
     python bench/accuracy.py --only head,finetune --out bench/results/accuracy.md
+    python bench/accuracy.py --only finetune --set finetune.epochs=4 --set finetune.frozen_stages=5
 
 The seed tutorial's recipe (VGG-16 with classifier[6] replaced, SGD lr 0.001, 2 epochs,
 inputs only scaled to [0, 1]) is run for comparison when VGG-16's ImageNet weights
@@ -46,15 +47,17 @@ VAL_FRACTION = 0.15
 SEED = 0
 
 # (strategy, image size, TrainConfig) per run; tuned on this data (see the README).
+# finetune also keeps its first FINETUNE_FROZEN stages frozen (the registry's default is 3).
 FULL = {
     "head": (224, TrainConfig(epochs=15, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
     "truncate": (224, TrainConfig(epochs=20, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
-    # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. Measured (one run each,
-    # quiet machine): 224 px/3 epochs lr 3e-3 94.7% in 13.9 CPU min; 192/3 lr 3e-3 93.8%; 160/4 lr 3e-3
-    # 93.2%, 92.1% with the head trained alone first (5 epochs, LP-FT); 224/3 lr 1e-3 93.0% (shared machine).
-    "finetune": (224, TrainConfig(epochs=3, lr=3e-3, label_smoothing=0.1, seed=SEED)),
+    # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. With the stem and stages
+    # 1-4 frozen a step costs 0.75 of one with stages 1-2 frozen (the default), which buys a 4th epoch within
+    # the 15 CPU minutes; all recipes measured: bench/results/finetune-sweep.md.
+    "finetune": (224, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
 }
+FINETUNE_FROZEN = 5
 QUICK = {
     "head": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
     "truncate": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
@@ -76,6 +79,7 @@ class Row:
     strategy: str
     image_size: int
     epochs: int
+    frozen_stages: int = 0
     accuracy: float | None = None
     last_accuracy: float | None = None
     best_epoch: int | None = None
@@ -87,12 +91,12 @@ class Row:
 
 
 def measure(name: str, strategy: str, image_size: int, config: TrainConfig, run) -> Row:
-    """Time ``run()`` (which returns an XferModel-like (accuracy, history, evaluation))."""
+    """Time ``run()``, which returns (evaluation, history, best epoch, frozen stages)."""
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_seconds()
-    evaluation, history, best_epoch = run()
+    evaluation, history, best_epoch, frozen = run()
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    row = Row(name, strategy, image_size, config.epochs, evaluation.accuracy, history[-1]["val_accuracy"],
+    row = Row(name, strategy, image_size, config.epochs, frozen, evaluation.accuracy, history[-1]["val_accuracy"],
               best_epoch, {c: m["recall"] for c, m in evaluation.per_class.items()}, wall, cpu,
               (load0, os.getloadavg()[0]))
     print(f"  {name}: val acc {row.accuracy:.1%} (last epoch {row.last_accuracy:.1%}), "
@@ -100,11 +104,13 @@ def measure(name: str, strategy: str, image_size: int, config: TrainConfig, run)
     return row
 
 
-def run_lite(report: DatasetReport, strategy: str, image_size: int, config: TrainConfig, device) -> Row:
+def run_lite(report: DatasetReport, strategy: str, image_size: int, config: TrainConfig, device,
+             frozen_stages: int | None = None) -> Row:
     def run():
         model = xfer.train(report, backbone=BACKBONE, strategy=strategy, weights="imagenet",
-                           image_size=image_size, val_fraction=VAL_FRACTION, config=config, device=device)
-        return model.evaluation, model.history, model.training["best_epoch"]
+                           image_size=image_size, val_fraction=VAL_FRACTION, config=config, device=device,
+                           frozen_stages=frozen_stages)
+        return model.evaluation, model.history, model.training["best_epoch"], model.spec.frozen_stages
 
     return measure(f"{BACKBONE} {strategy}", strategy, image_size, config, run)
 
@@ -126,21 +132,21 @@ def run_tutorial(train_items, val_items, classes, device, quick: bool) -> Row:
         net = build_network(make_spec("vgg16", "head", len(classes), dropout=0.0), weights="imagenet")
         result = fit(net, "head", train_items, val_items, pre, config, device)
         ev = metrics_from_predictions(result.val_output.probs, result.val_output.targets, classes)
-        return ev, [vars(h) for h in result.history], result.best_epoch
+        return ev, [vars(h) for h in result.history], result.best_epoch, 0
 
     return measure("tutorial: vgg16 (classifier[6] replaced)", "head", size, config, run)
 
 
 def table(rows: list[Row], classes: list[str]) -> str:
-    head = ["run", "size", "epochs", "val acc (best epoch)", "val acc (last epoch)",
+    head = ["run", "size", "epochs", "frozen stages", "val acc (best epoch)", "val acc (last epoch)",
             *[f"recall {c}" for c in classes], "wall", "CPU", "load 1-min before→after"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.accuracy is None:
-            lines.append(f"| {r.name} | {r.image_size} | {r.epochs} | {r.note} |" + " |" * (len(head) - 4))
+            lines.append(f"| {r.name} | {r.image_size} | {r.epochs} | | {r.note} |" + " |" * (len(head) - 5))
             continue
         lines.append("| " + " | ".join([
-            r.name, str(r.image_size), str(r.epochs), f"**{r.accuracy:.1%}** (ep {r.best_epoch})",
+            r.name, str(r.image_size), str(r.epochs), str(r.frozen_stages), f"**{r.accuracy:.1%}** (ep {r.best_epoch})",
             f"{r.last_accuracy:.1%}", *[f"{r.recall.get(c, 0):.0%}" for c in classes],
             f"{r.wall / 60:.1f} min", f"{r.cpu / 60:.1f} min", f"{r.load[0]:.1f}→{r.load[1]:.1f}"]) + " |")
     return "\n".join(lines)
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="head,truncate,finetune,scratch,tutorial",
                    help="comma-separated runs (head,truncate,finetune,scratch,tutorial)")
     p.add_argument("--set", action="append", default=[], metavar="STRATEGY.FIELD=VALUE",
-                   help="override a run's setting, e.g. finetune.size=192 or finetune.lr=3e-3 (repeatable)")
+                   help="override a run's setting, e.g. finetune.size=192, finetune.lr=3e-3 or "
+                        "finetune.frozen_stages=0 (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -165,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report.num_images} images, {len(report.classes)} classes; {len(train_items)} train / "
           f"{len(val_items)} validation (stratified {VAL_FRACTION:.0%}, seed {SEED})", file=sys.stderr)
     plan = dict(QUICK if args.quick else FULL)
+    frozen: dict[str, int] = {} if args.quick else {"finetune": FINETUNE_FROZEN}  # --set S.frozen_stages=N
     for item in args.set:
         key, _, value = item.partition("=")
         strategy, _, fld = key.partition(".")
         size, config = plan[strategy]
         if fld == "size":
             size = int(value)
+        elif fld == "frozen_stages":
+            frozen[strategy] = int(value)
         else:
             current = getattr(config, fld)
             kind = type(current) if current is not None else int if value.isdigit() else float
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for strategy in [s for s in plan if s in only]:
         size, config = plan[strategy]
-        rows.append(run_lite(report, strategy, size, config, device))
+        rows.append(run_lite(report, strategy, size, config, device, frozen.get(strategy)))
         if args.out:  # partial results survive an interrupted run
             write_text(args.out, render(False))
     if "tutorial" in only:

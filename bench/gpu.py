@@ -204,7 +204,8 @@ def run_fit(args, strategy: str, train, val, pre, device, epochs: int, compile_:
             epoch_end[ev.epoch] = now
 
     num_classes = 1 + max(label for _, label in train + val)
-    net = build_network(make_spec(args.backbone, strategy, num_classes), weights=None)
+    # Every layer trains (frozen_stages=0): the MFU below counts a training image as 3 forward passes.
+    net = build_network(make_spec(args.backbone, strategy, num_classes, frozen_stages=0), weights=None)
     config = TrainConfig(epochs=epochs, batch_size=args.batch, cache_views=2, compile=compile_)
     reset_peak(device)
     t0 = time.perf_counter()

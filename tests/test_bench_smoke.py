@@ -72,3 +72,26 @@ def test_advisor_bench_runs_quick(tmp_path):
         assert cells[9] in ("head", "truncate", "finetune", "scratch") and cells[10] in ("yes", "no")
         assert sum(c.endswith("%") or c.endswith("%**") for c in cells[4:8]) == 4  # an accuracy per strategy
     assert "held-out digits: " in md and len(list((tmp_path / "work" / "digits-train-20").iterdir())) == 10
+
+
+def test_finetune_step_bench_runs_quick(tmp_path):
+    out = tmp_path / "step.md"
+    proc = _run(["bench/finetune_step.py", "--rounds", "1", "--size", "48", "--batch", "2",
+                 "--arms", "frozen=0+package-pad,frozen=0,frozen=3", "--out", str(out)])
+    md = out.read_text()
+    assert md.strip() in proc.stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("| frozen=")}
+    assert list(rows) == ["frozen=0+package-pad", "frozen=0", "frozen=3"]
+    assert rows["frozen=0+package-pad"][4:] == ["1.00", "1.00"]  # the baseline is the first arm
+    # Freezing stages leaves fewer trainable parameters; the padding change leaves them as they are.
+    params = {k: float(v[1].rstrip("M")) for k, v in rows.items()}
+    assert params["frozen=0+package-pad"] == params["frozen=0"] > params["frozen=3"] > 0
+
+
+def test_cpu_runtime_bench_runs_quick(flowers_dir):
+    proc = _run(["bench/cpu_runtime.py", "--rounds", "1", "--per-class", "6", "--size", "48"])
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "wall (s)" not in line]
+    assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == [
+        "xfer's defaults", "OpenMP idle threads spin", "glibc malloc's default"]
+    assert rows[0].split("|")[4].strip() == "1.00"  # ratios are against the first arm

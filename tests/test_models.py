@@ -9,7 +9,7 @@ from torch import nn
 from xfer import ConfigError, WeightsError
 from xfer.backbones import (get_backbone, list_backbones, load_pretrained, load_state_dict_file,
                             pretrained_available)
-from xfer.strategies import STRATEGIES, build_network, make_spec, param_groups
+from xfer.strategies import STRATEGIES, NetworkSpec, build_network, make_spec, param_groups
 
 TORCHVISION = ["vgg16", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"]
 
@@ -49,18 +49,61 @@ CASES = [(b, s) for b in ("resnet18", "mobilenet_v3_large") for s in STRATEGIES]
 def test_strategy_freezes_what_it_says_and_output_width(backbone, strategy):
     torch.manual_seed(0)
     net = build_network(make_spec(backbone, strategy, num_classes=3))
-    frozen = STRATEGIES[strategy].frozen
-    assert all(p.requires_grad != frozen for p in net.body.parameters())
+    s = STRATEGIES[strategy]
+    # finetune keeps the backbone's first stages frozen; the other training strategy (scratch) none.
+    assert len(net.frozen_parts) == (get_backbone(backbone).finetune_frozen if s.early_frozen else 0)
+    early = {id(p) for part in net.frozen_parts for p in part.parameters()}
+    assert bool(early) == s.early_frozen and len(early) < len(list(net.body.parameters()))
+
+    def frozen(p):
+        return s.frozen or id(p) in early
+
+    assert all(p.requires_grad != frozen(p) for p in net.body.parameters())
     assert all(p.requires_grad for p in net.head.parameters())
     net.train()
-    assert net.body.training is not frozen  # a frozen body stays in eval mode
+    assert net.body.training is not s.frozen  # a frozen body stays in eval mode
+    assert not any(m.training for part in net.frozen_parts for m in part.modules())  # so do frozen stages
     x = torch.randn(2, 3, 32, 32)
     out = net(x)
     assert out.shape == (2, 3)
     out.sum().backward()
     for p in net.body.parameters():
-        assert (p.grad is None) == frozen
+        assert (p.grad is None) == frozen(p)
     assert all(p.grad is not None for p in net.head.parameters())
+
+
+def test_finetune_frozen_stages_default_override_and_errors():
+    b = get_backbone("resnet18")
+    assert make_spec("resnet18", "finetune", 3).frozen_stages == b.finetune_frozen == 2
+    assert make_spec("resnet18", "finetune", 3, frozen_stages=0).frozen_stages == 0
+    assert make_spec("resnet18", "scratch", 3).frozen_stages == 0
+    assert make_spec("resnet18", "head", 3, frozen_stages=3).frozen_stages == 0  # the whole body is frozen anyway
+    with pytest.raises(ConfigError, match="between 0 and 4"):
+        make_spec("resnet18", "finetune", 3, frozen_stages=5)
+    with pytest.raises(ConfigError, match="random weights"):
+        make_spec("resnet18", "scratch", 3, frozen_stages=1)
+    # Every layer trains with 0; a saved spec carries the number, and one saved before it existed means 0.
+    everything = build_network(make_spec("resnet18", "finetune", 3, frozen_stages=0))
+    assert not everything.frozen_parts and all(p.requires_grad for p in everything.parameters())
+    spec = make_spec("resnet18", "finetune", 3, frozen_stages=1)
+    assert NetworkSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "frozen_stages"}
+    assert NetworkSpec.from_dict(old).frozen_stages == 0
+
+
+def test_frozen_stages_keep_their_weights_and_statistics_through_a_step():
+    torch.manual_seed(0)
+    net = build_network(make_spec("resnet18", "finetune", 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    net.train()
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    after = net.state_dict()
+    early = ("body.conv1.", "body.bn1.", "body.layer1.")  # resnet's stem and layer1
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and not {k for k in changed if k.startswith(early)}
+    assert "body.layer2.0.bn1.running_mean" in changed and "body.layer4.1.conv2.weight" in changed
 
 
 def test_truncate_keeps_only_early_stages():

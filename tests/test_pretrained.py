@@ -61,6 +61,39 @@ def test_registered_with_packaged_weights(no_downloads):
     assert norms and all(abs(m.momentum - 0.1) < 1e-6 for m in norms)
 
 
+@pytest.mark.parametrize("size", [224, 97, 64])
+def test_same_padding_matches_the_package_without_its_copies(size):
+    """SamePadConv2d lets the convolution pad where "same" padding is symmetric: the package's
+    outputs and gradients, at the trained size and at odd ones (where stride 2 pads asymmetrically)."""
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    from xfer.backbones_lite import SamePadConv2d, make_lite0
+
+    ours = make_lite0()
+    convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is SamePadConv2d for m in convs)
+    theirs = make_lite0()
+    for m in theirs.modules():
+        if type(m) is SamePadConv2d:
+            m.__class__ = Conv2dDynamicSamePadding
+    theirs.load_state_dict(ours.state_dict())
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size + 3)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-4)
+    ours.train(), theirs.train()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(1)  # the same dropout and drop-connect draws for both
+    ya = ours(xa)
+    torch.manual_seed(1)
+    yb = theirs(xb)
+    assert torch.allclose(ya, yb, atol=1e-4)
+    ya.square().sum().backward(), yb.square().sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(ours._conv_stem.weight.grad, theirs._conv_stem.weight.grad, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_packaged_weights_see_daisies_as_imagenet_daisies(flowers_dir, no_downloads):
     """Checks the weights, the class order and the [-1, 1] input scaling against the usual ImageNet mean/std."""
@@ -96,6 +129,11 @@ def test_each_strategy_builds_trains_what_it_says(strategy, no_downloads):
     if s.frozen:
         assert not any(body_grads) and not any(p.requires_grad for p in net.body.parameters())
         assert not net.body.training  # frozen batch-norm statistics stay as pretrained
+    elif s.early_frozen:  # finetune: stem and stages 1-2 (112 and 56 px) stay as pretrained
+        early = {id(p) for part in net.frozen_parts for p in part.parameters()}
+        assert len(net.frozen_parts) == 3 and net.frozen_parts[0][0] is net.body._conv_stem
+        assert all((p.grad is None) == (id(p) in early) for p in net.body.parameters())
+        assert net.body._blocks[3].training and not net.body._blocks[2].training
     else:
         assert all(body_grads)
     if strategy == "truncate":

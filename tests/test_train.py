@@ -243,3 +243,56 @@ def test_importing_xfer_lets_idle_openmp_threads_sleep_unless_told_otherwise(pre
     out = subprocess.run([sys.executable, "-c", "import os, sys, xfer; print(os.environ['OMP_WAIT_POLICY'], "
                           "'torch' in sys.modules)"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "True"]  # set by the time xfer has loaded torch
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("setting", [None, "system"])
+def test_select_device_keeps_freed_memory_for_reuse_until_fit_releases_it(setting, tmp_path):
+    """A freed 256 MB block stays with the process for reuse (no fresh page faults next step) until
+    release_freed_memory, which fit calls at its end; XFER_HOST_MALLOC=system keeps glibc's default."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = """
+import torch, xfer
+from xfer.device import release_freed_memory
+
+def rss():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+
+on = xfer.select_device("cpu", num_workers=0) and xfer.device.keep_freed_memory()
+base = rss()
+x = torch.ones(64 * 2**20)  # 256 MB, every page touched
+del x
+kept = rss() - base
+release_freed_memory()
+print(on, kept, rss() - base)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XFER_HOST_MALLOC"}
+    if setting:
+        env["XFER_HOST_MALLOC"] = setting
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    on, kept, after = out.stdout.split()
+    if setting == "system":
+        assert on == "False" and int(kept) < 64  # glibc unmapped the block when it was freed
+    else:
+        assert on == "True" and int(kept) > 200 and int(after) < 64
+
+
+def test_fit_gives_freed_memory_back_when_it_ends(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(xfer.engine, "release_freed_memory", lambda: calls.append("released"))
+    colors = make_color_dataset(tmp_path / "c", per_class=4, size=32)
+    _train(colors, strategy="finetune", config=TrainConfig(epochs=1, batch_size=8, seed=0))
+    assert calls == ["released"]
+
+    class Stop:
+        def is_set(self) -> bool:
+            return True
+
+    with pytest.raises(Cancelled):
+        _train(colors, strategy="finetune", config=TrainConfig(epochs=1, batch_size=8, seed=0), cancel=Stop())
+    assert calls == ["released", "released"]  # also when training is stopped

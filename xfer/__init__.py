@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 import os as _os
 
 # Idle OpenMP threads spin by default: in CPU training that cost about 10% more CPU time for the
-# same wall time (bench/omp_wait.py), time taken from the data loader and from whoever shares the
+# same wall time (bench/cpu_runtime.py), time taken from the data loader and from whoever shares the
 # machine. libgomp reads this once, when torch loads it, so it only applies when xfer is imported
 # before torch; a value set by the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

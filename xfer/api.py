@@ -62,13 +62,14 @@ def _as_report(data: str | os.PathLike | DatasetReport) -> DatasetReport:
 def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str = "auto",
           weights: str | os.PathLike | None = "imagenet", image_size: int = 224, val_fraction: float = 0.2,
           config: TrainConfig | None = None, device: DeviceInfo | None = None, cut: int | None = None,
-          reinit: int = 0, out: str | os.PathLike | None = None, callback: Callback | None = None,
-          cancel: CancelFlag | None = None) -> XferModel:
+          reinit: int = 0, frozen_stages: int | None = None, out: str | os.PathLike | None = None,
+          callback: Callback | None = None, cancel: CancelFlag | None = None) -> XferModel:
     """Train a classifier on ``data`` (a folder, a zip, "flowers" or a scanned report).
 
     ``strategy="auto"`` asks the advisor. ``weights`` is "imagenet", a state dict
-    path, or None/"none" for random weights. If ``out`` is given the model is saved
-    there, only after training succeeded. Returns the model, with ``metrics`` from
+    path, or None/"none" for random weights. ``frozen_stages``: how many leading
+    backbone stages ``finetune`` keeps frozen (None: the backbone's default; 0: none).
+    If ``out`` is given the model is saved there, only after training succeeded. Returns the model, with ``metrics`` from
     its best validation epoch and ``evaluation`` (incl. misclassified files).
     """
     config = config or TrainConfig()
@@ -86,7 +87,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     elif strategy not in STRATEGIES:
         raise ConfigError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} or auto.")
     config = config.resolved(strategy)
-    spec = make_spec(backbone, strategy, len(report.classes), cut=cut)
+    spec = make_spec(backbone, strategy, len(report.classes), cut=cut, frozen_stages=frozen_stages)
     net = build_network(spec, weights=weights, reinit=reinit if strategy == "finetune" else 0)
     pre = get_backbone(backbone).get_preprocessing().for_size(image_size)
     result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel)
@@ -100,6 +101,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
                   "device": device.name, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
                   "stopped_early": result.stopped_early, "num_train": len(train_items),
                   "num_val": len(val_items), **({"cut": spec.cut} if spec.cut else {}),
+                  **({"frozen_stages": spec.frozen_stages} if spec.frozen_stages else {}),
                   **({"reinit": reinit} if reinit and strategy == "finetune" else {})},
         metrics=evaluation.to_dict(with_files=False),
         history=[vars(h) for h in result.history],

@@ -47,7 +47,9 @@ class Backbone:
     1000-class ImageNet classifier. ``head`` is the dotted path of the final
     classifier layer (an ``nn.Linear``) that the new head replaces. ``stages``
     splits the convolutional trunk into blocks, in order; ``truncate`` keeps the
-    first ``default_cut`` of them.
+    first ``default_cut`` of them, and ``finetune`` keeps the first ``finetune_frozen`` frozen
+    (every stage before the first at 1/8 of the input's resolution: generic edge and colour
+    detectors, and the largest activations, so the most compute per image).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Backbone:
     head: str
     stages: Callable[[nn.Module], list[nn.Module]]
     default_cut: int
+    finetune_frozen: int = 0
     weights: Callable[[], object] | None = None  # torchvision WeightsEnum member
     local_weights: Callable[[], Path] | None = None  # weights file shipped in a package
     preprocessing: Preprocessing | None = None  # overrides the weights' transforms
@@ -149,18 +152,18 @@ def register(backbone: Backbone) -> Backbone:
 
 for _entry in [
     Backbone("vgg16", "VGG-16 (138M params, the classic)", _tv("vgg16"), "classifier.6",
-             _vgg_stages, default_cut=3, weights=_tv_weights("vgg16")),
+             _vgg_stages, default_cut=3, finetune_frozen=2, weights=_tv_weights("vgg16")),
     Backbone("resnet18", "ResNet-18 (12M, fast)", _tv("resnet18"), "fc",
-             _resnet_stages, default_cut=4, weights=_tv_weights("resnet18")),
+             _resnet_stages, default_cut=4, finetune_frozen=2, weights=_tv_weights("resnet18")),
     Backbone("resnet50", "ResNet-50 (26M)", _tv("resnet50"), "fc",
-             _resnet_stages, default_cut=4, weights=_tv_weights("resnet50")),
+             _resnet_stages, default_cut=4, finetune_frozen=2, weights=_tv_weights("resnet50")),
     Backbone("efficientnet_b0", "EfficientNet-B0 (5M)", _tv("efficientnet_b0"), "classifier.1",
-             _features_stages, default_cut=6, weights=_tv_weights("efficientnet_b0")),
+             _features_stages, default_cut=6, finetune_frozen=3, weights=_tv_weights("efficientnet_b0")),
     Backbone("mobilenet_v3_large", "MobileNetV3-Large (5M, fastest)", _tv("mobilenet_v3_large"),
-             "classifier.3", _features_stages, default_cut=13,
+             "classifier.3", _features_stages, default_cut=13, finetune_frozen=4,
              weights=_tv_weights("mobilenet_v3_large")),
     Backbone("convnext_tiny", "ConvNeXt-Tiny (29M, most accurate)", _tv("convnext_tiny"),
-             "classifier.2", _convnext_stages, default_cut=3, weights=_tv_weights("convnext_tiny")),
+             "classifier.2", _convnext_stages, default_cut=3, finetune_frozen=1, weights=_tv_weights("convnext_tiny")),
 ]:
     register(_entry)
 

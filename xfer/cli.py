@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                              seed=args.seed, compile=args.compile)
         model = train(report, backbone=backbone, strategy=args.strategy, weights=args.weights,
                       image_size=args.image_size, val_fraction=args.val_fraction, config=config, device=device,
-                      cut=args.cut, reinit=args.reinit, out=args.out, callback=ProgressPrinter())
+                      cut=args.cut, reinit=args.reinit, frozen_stages=args.frozen_stages, out=args.out,
+                      callback=ProgressPrinter())
         if model.recommendation:
             print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
         print(model.evaluation.summary(), file=sys.stderr)
@@ -183,7 +184,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     for name in list_backbones():
         b = get_backbone(name)
         ready = "weights ready" if pretrained_available(name) else "weights: download on first use"
-        print(f"{name:<20} {b.title}  ({ready})")
+        stages = f"{b.num_stages} stages: truncate keeps {b.default_cut}, finetune freezes {b.finetune_frozen}"
+        print(f"{name:<20} {b.title}  ({ready}; {stages})")
     return 0
 
 
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without improvement")
     t.add_argument("--cut", type=int, default=None, help="truncate: number of backbone stages kept")
     t.add_argument("--reinit", type=int, default=0, help="finetune: re-initialise the last N backbone layers")
+    t.add_argument("--frozen-stages", type=int, default=None,
+                   help="finetune: the first N backbone stages stay frozen (default: the backbone's, "
+                        "see `backbones`; 0 trains every layer)")
     t.add_argument("--val-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .backbones import Preprocessing
-from .device import DeviceInfo
+from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError
 from .pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
 from .strategies import Classifier, get_strategy, param_groups
@@ -325,6 +325,16 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     epoch. ``cancel.is_set()`` is checked after every batch; when set, fit raises
     :class:`Cancelled` (the caller's saved model is untouched since fit saves nothing).
     """
+    try:
+        return _fit(net, strategy, train_items, val_items, pre, config, device, callback, cancel)
+    finally:
+        # The loop's activations were kept for reuse (keep_freed_memory); now give them back.
+        release_freed_memory()
+
+
+def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
+         config: TrainConfig, device: DeviceInfo, callback: Callback | None,
+         cancel: CancelFlag | None) -> FitResult:
     config = config.resolved(strategy)
     config.validate()
     if not train_items or not val_items:

@@ -32,6 +32,8 @@ class Strategy:
     keep: str  # "all": every pretrained layer but the last classifier layer; "early": the first stages only
     pretrained: bool  # start the kept layers from ImageNet weights
     frozen: bool  # kept layers get no gradient (and their outputs can be cached)
+    # A training body keeps its first stages frozen (the registry's ``finetune_frozen`` of each backbone).
+    early_frozen: bool
     hidden: tuple[int, ...]  # widths of the new hidden fully connected layers
     body_lr_mult: float  # learning rate of kept layers relative to the new head
     lr: float  # default AdamW learning rate of the new head (finetune's measured: bench/results/finetune-sweep.md)
@@ -48,7 +50,7 @@ STRATEGIES: dict[str, Strategy] = {
             "frozen and only a new final classification layer is trained on top of it. Each image "
             "goes through the frozen network once (its features are cached), which makes this by "
             "far the fastest strategy and the hardest to overfit.",
-            keep="all", pretrained=True, frozen=True, hidden=(), body_lr_mult=0.0, lr=1e-3,
+            keep="all", pretrained=True, frozen=True, early_frozen=False, hidden=(), body_lr_mult=0.0, lr=1e-3,
         ),
         Strategy(
             "truncate", "Small data, different domain",
@@ -58,17 +60,20 @@ STRATEGIES: dict[str, Strategy] = {
             "objects, but its early layers detect generic edges, colours and textures that transfer "
             "to almost anything. Only those early layers are kept, frozen, and new fully connected "
             "layers are trained on their pooled features.",
-            keep="early", pretrained=True, frozen=True, hidden=(512,), body_lr_mult=0.0, lr=1e-3,
+            keep="early", pretrained=True, frozen=True, early_frozen=False, hidden=(512,), body_lr_mult=0.0,
+            lr=1e-3,
         ),
         Strategy(
             "finetune", "Large data, similar domain",
-            "Start from the pretrained network and train all of it, the backbone at a lower rate.",
+            "Start from the pretrained network and train all of it but its first layers, the backbone "
+            "at a lower rate.",
             "You have many images of a domain close to everyday photos. Starting from the pretrained "
-            "weights, the whole network is trained: the new final layer at the full learning rate, "
+            "weights, the network is trained: the new final layer at the full learning rate, "
             "the pretrained layers at a tenth of it so that what they already know is adjusted, "
-            "not destroyed. The most accurate strategy when there is enough data, and the slowest "
-            "of the pretrained ones.",
-            keep="all", pretrained=True, frozen=False, hidden=(), body_lr_mult=0.1, lr=3e-3,
+            "not destroyed. Its first layers, generic edge and colour detectors that work at the "
+            "highest resolution, stay frozen: that saves a third of the compute or more. The most "
+            "accurate strategy when there is enough data, and the slowest of the pretrained ones.",
+            keep="all", pretrained=True, frozen=False, early_frozen=True, hidden=(), body_lr_mult=0.1, lr=3e-3,
         ),
         Strategy(
             "scratch", "Large data, different domain",
@@ -76,7 +81,8 @@ STRATEGIES: dict[str, Strategy] = {
             "You have many images of a domain unlike everyday photos, so ImageNet's weights bring "
             "little. The architecture is kept but every weight starts random and is trained on your "
             "data alone. It needs the most data and the most epochs.",
-            keep="all", pretrained=False, frozen=False, hidden=(), body_lr_mult=1.0, lr=3e-3,
+            keep="all", pretrained=False, frozen=False, early_frozen=False, hidden=(), body_lr_mult=1.0,
+            lr=3e-3,
         ),
     ]
 }
@@ -98,23 +104,28 @@ class Classifier(nn.Module):
     ``body`` maps images to a flat feature vector; ``head`` maps features to class
     logits. A frozen body stays in eval mode (its batch-norm statistics and dropout
     are part of what was pretrained), so its outputs are deterministic and cacheable.
+    ``frozen_parts`` (modules inside a training body, its first stages) are frozen and
+    kept in eval mode the same way.
     """
 
-    def __init__(self, body: nn.Module, head: nn.Module, frozen: bool) -> None:
+    def __init__(self, body: nn.Module, head: nn.Module, frozen: bool,
+                 frozen_parts: tuple[nn.Module, ...] = ()) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.frozen = frozen
-        if frozen:
-            self.body.requires_grad_(False)
+        # A tuple, not a ModuleList: they are already registered inside body, once.
+        self.frozen_parts = tuple(frozen_parts)
+        for part in (self.body,) if frozen else self.frozen_parts:
+            part.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
-        if self.frozen:
-            self.body.eval()
+        for part in (self.body,) if self.frozen else self.frozen_parts:
+            part.eval()
         return self
 
 
@@ -128,6 +139,7 @@ class NetworkSpec:
     cut: int | None = None  # stages kept by "truncate"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.2
+    frozen_stages: int = 0  # leading backbone stages that a training body keeps frozen
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,12 +149,16 @@ class NetworkSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkSpec":
         return cls(d["backbone"], d["strategy"], int(d["num_classes"]), d.get("cut"),
-                   tuple(d.get("hidden", ())), float(d.get("dropout", 0.2)))
+                   tuple(d.get("hidden", ())), float(d.get("dropout", 0.2)), int(d.get("frozen_stages", 0)))
 
 
 def make_spec(backbone: str, strategy: str, num_classes: int, cut: int | None = None,
-              dropout: float = 0.2) -> NetworkSpec:
-    """Resolve defaults from the tables (the cut point, the hidden layers) into a spec."""
+              dropout: float = 0.2, frozen_stages: int | None = None) -> NetworkSpec:
+    """Resolve defaults from the tables (the cut point, the hidden layers, the frozen stages) into a spec.
+
+    ``frozen_stages`` applies to strategies that train the body: None takes the backbone's
+    default for ``finetune`` (none for ``scratch``), 0 trains every layer.
+    """
     b, s = get_backbone(backbone), get_strategy(strategy)
     if num_classes < 2:
         raise ConfigError(f"A classifier needs at least 2 classes, got {num_classes}.")
@@ -153,7 +169,17 @@ def make_spec(backbone: str, strategy: str, num_classes: int, cut: int | None = 
             raise ConfigError(f"--cut for {backbone} must be between 1 and {n - 1} (it has {n} stages).")
     else:
         cut = None
-    return NetworkSpec(backbone, strategy, num_classes, cut, s.hidden, dropout)
+    if s.frozen:  # the whole body is frozen already
+        frozen_stages = 0
+    elif frozen_stages is None:
+        frozen_stages = b.finetune_frozen if s.early_frozen else 0
+    elif frozen_stages and not s.pretrained:
+        raise ConfigError(f"{strategy} starts from random weights: freezing its first stages would keep them "
+                          "random. Use --frozen-stages 0, or finetune.")
+    elif not 0 <= int(frozen_stages) < b.num_stages:
+        raise ConfigError(f"--frozen-stages for {backbone} must be between 0 and {b.num_stages - 1} "
+                          f"(it has {b.num_stages} stages).")
+    return NetworkSpec(backbone, strategy, num_classes, cut, s.hidden, dropout, int(frozen_stages))
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -215,7 +241,8 @@ def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: 
     if reinit:
         reinit_last_layers(body, reinit)
     head = make_head(in_features, spec.hidden, spec.num_classes, spec.dropout)
-    net = Classifier(body, head, frozen=s.frozen)
+    early = tuple(b.stages(full)[: spec.frozen_stages]) if spec.frozen_stages and not s.frozen else ()
+    net = Classifier(body, head, frozen=s.frozen, frozen_parts=early)
     log.info("built %s/%s: %d features -> %d classes, %d trainable parameters",
              b.name, s.name, in_features, spec.num_classes,
              sum(p.numel() for p in net.parameters() if p.requires_grad))
