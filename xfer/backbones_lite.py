@@ -42,6 +42,7 @@ def make_lite0() -> nn.Module:
     """EfficientNet-Lite0 with random weights and its 1000-class ImageNet classifier."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
     except ImportError as e:
         raise ConfigError(f"efficientnet_lite0 needs the efficientnet-lite-pytorch package ({e}): {PACKAGE_HINT}.") from e
     # image_size=None: padding computed per input, correct at any image size.
@@ -52,7 +53,7 @@ def make_lite0() -> nn.Module:
     # the pretrained weights do not depend on it.
     m = EfficientNet.from_name("efficientnet-lite0", image_size=None, batch_norm_momentum=0.9)
     for conv in m.modules():
-        if type(conv).__name__ == "Conv2dDynamicSamePadding":
+        if type(conv) is Conv2dDynamicSamePadding:
             conv.__class__ = SamePadConv2d  # same parameters and attributes, a cheaper forward
     return m
 
