@@ -16,7 +16,7 @@ Checked against the packaged weights (see ``tests/test_pretrained.py``):
   package's default static padding is computed for 224-px inputs and would pad other
   sizes asymmetrically; at 224 both give identical outputs. Where that padding is symmetric
   (every stride-1 layer), the convolution pads by itself instead of the package's ``F.pad``
-  copy (:class:`SamePadConv2d`): the same outputs, 8% less CPU time per fine-tuning step.
+  copy (:class:`SamePadConv2d`): the same outputs, 7-15% less CPU time per fine-tuning step.
 * Batch-norm momentum is PyTorch's 0.1, not the package's TF-style 0.01 (see :func:`make_lite0`).
 * ``_fc`` is the final ``nn.Linear``; the package's forward (pool, ``view``, dropout,
   ``_fc``) works unchanged when ``_fc`` is ``nn.Identity``. No buffers are created
@@ -64,7 +64,7 @@ class SamePadConv2d(nn.Conv2d):
     The package always pads with ``F.pad``, which copies the whole input (and, backwards, its
     gradient) for every padded layer. When the padding is symmetric, which it is for every
     stride-1 layer, the convolution's own padding gives the same result without the copy;
-    measured on a fine-tuning step (224 px, batch 32, 2-core CPU): 8% less time. Only the
+    measured on a fine-tuning step (224 px, batch 32, 2-core CPU): 7-15% less time. Only the
     stride-2 layers, whose "same" padding is one pixel larger at the bottom and right, still pad.
     """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -107,14 +108,13 @@ _malloc_lock = threading.Lock()
 _malloc_state: dict[str, object] = {}
 
 
+@functools.cache
 def _libc():
-    if "libc" not in _malloc_state:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            _malloc_state["libc"] = libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-        except OSError:  # not glibc (macOS, Windows, musl)
-            _malloc_state["libc"] = None
-    return _malloc_state["libc"]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl)
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def keep_freed_memory() -> bool:
@@ -122,8 +122,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every block over 32 MB afresh from the kernel and unmaps it when it is
     freed. A training step on a CPU allocates and frees dozens of such activations, and each
-    page of a fresh mapping faults in (and is zeroed) on first touch: measured here, that was a
-    quarter of a `finetune` step's time (``bench/cpu_runtime.py``). With mmap off and trimming off,
+    page of a fresh mapping faults in (and is zeroed) on first touch: measured here, a quarter of
+    a bare `finetune` step at 224 px and 10% of a training epoch's CPU time (``bench/cpu_runtime.py``;
+    at 160 px nothing). With mmap off and trimming off,
     freed blocks are reused instead; :func:`release_freed_memory` (called when ``fit`` ends) gives
     what is free back to the system. Process-wide and idempotent; Linux with glibc only;
     ``XFER_HOST_MALLOC=system`` keeps glibc's defaults.
