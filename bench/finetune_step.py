@@ -1,4 +1,5 @@
-"""CPU cost of one `finetune` training step: how many leading stages are frozen, and how "same" padding is done.
+"""CPU cost of one `finetune` training step: how many leading stages are frozen, whether their batch norms are
+folded into the convolutions (as `xfer.fit` does), and how "same" padding is done.
 
 Builds the backbone (efficientnet_lite0 by default, with its packaged ImageNet weights;
 others with random weights, which cost the same) for `finetune` once per arm, 5 classes, then
@@ -9,13 +10,14 @@ arm's wall and CPU seconds per step and its ratio to the first arm.
 
     python bench/finetune_step.py                     # 8 rounds, about 3 minutes on 2 cores
     python bench/finetune_step.py --rounds 2 --size 64 --batch 4   # smoke check
-    python bench/finetune_step.py --arms frozen=0,frozen=3 --out bench/results/finetune-step.md
+    python bench/finetune_step.py --arms frozen=5+unfolded,frozen=5 --out bench/results/finetune-step.md
     python bench/finetune_step.py --backbone vgg16 --arms frozen=0,frozen=2 --size 128 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -32,13 +34,15 @@ from torch import nn  # noqa: E402
 
 from xfer.backbones import pretrained_available  # noqa: E402
 from xfer.engine import TrainConfig, make_optimizer  # noqa: E402
+from xfer.fold import folded_batchnorm  # noqa: E402
 from xfer.strategies import build_network, make_spec  # noqa: E402
 
-ARMS = "frozen=0+package-pad,frozen=0,frozen=2,frozen=3,frozen=5"
+ARMS = "frozen=0+package-pad,frozen=0,frozen=3+unfolded,frozen=3,frozen=5+unfolded,frozen=5"
 
 
 def make_arm(backbone: str, arm: str) -> nn.Module:
-    """``frozen=N`` (leading stages frozen), optionally ``+package-pad`` (efficientnet_lite0 with the
+    """``frozen=N`` (leading stages frozen, their batch norms folded as in ``xfer.fit``), optionally
+    ``+unfolded`` (batch norms left as they are) and ``+package-pad`` (efficientnet_lite0 with the
     package's own convolutions, which pad with F.pad)."""
     opts = arm.split("+")
     frozen = int(opts[0].partition("=")[2])
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (args.batch,))
+    folds = contextlib.ExitStack()
+    folded = [folds.enter_context(folded_batchnorm(net, net.frozen_parts)) if "unfolded" not in a.split("+") else 0
+              for a, net in zip(arms, nets)]
     wall = [0.0] * len(arms)
     cpu = [0.0] * len(arms)
     for r in range(args.rounds + 1):
@@ -98,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} timed steps per arm, arms interleaved step by step; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
         "",
-        "| arm | trainable parameters | wall s/step | CPU s/step | wall vs first | CPU vs first |",
-        "|---|---|---|---|---|---|",
+        "| arm | trainable parameters | batch norms folded | wall s/step | CPU s/step | wall vs first | CPU vs first |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for arm, net, w, c in zip(arms, nets, wall, cpu):
+    folds.close()
+    for arm, net, k, w, c in zip(arms, nets, folded, wall, cpu):
         trainable = sum(q.numel() for q in net.parameters() if q.requires_grad)
-        lines.append(f"| {arm} | {trainable / 1e6:.2f}M | {w / n:.3f} | {c / n:.3f} | "
+        lines.append(f"| {arm} | {trainable / 1e6:.2f}M | {k} | {w / n:.3f} | {c / n:.3f} | "
                      f"{w / wall[0]:.2f} | {c / cpu[0]:.2f} |")
     md = "\n".join(lines)
     print(md)

@@ -77,16 +77,19 @@ def test_advisor_bench_runs_quick(tmp_path):
 def test_finetune_step_bench_runs_quick(tmp_path):
     out = tmp_path / "step.md"
     proc = _run(["bench/finetune_step.py", "--rounds", "1", "--size", "48", "--batch", "2",
-                 "--arms", "frozen=0+package-pad,frozen=0,frozen=3", "--out", str(out)])
+                 "--arms", "frozen=0+package-pad,frozen=0,frozen=3+unfolded,frozen=3", "--out", str(out)])
     md = out.read_text()
     assert md.strip() in proc.stdout
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in md.splitlines() if line.startswith("| frozen=")}
-    assert list(rows) == ["frozen=0+package-pad", "frozen=0", "frozen=3"]
-    assert rows["frozen=0+package-pad"][4:] == ["1.00", "1.00"]  # the baseline is the first arm
+    assert list(rows) == ["frozen=0+package-pad", "frozen=0", "frozen=3+unfolded", "frozen=3"]
+    assert rows["frozen=0+package-pad"][5:] == ["1.00", "1.00"]  # the baseline is the first arm
     # Freezing stages leaves fewer trainable parameters; the padding change leaves them as they are.
     params = {k: float(v[1].rstrip("M")) for k, v in rows.items()}
-    assert params["frozen=0+package-pad"] == params["frozen=0"] > params["frozen=3"] > 0
+    assert params["frozen=0+package-pad"] == params["frozen=0"] > params["frozen=3"] == params["frozen=3+unfolded"] > 0
+    # Batch norms are folded only where stages are frozen, and not in the +unfolded arm.
+    folded = {k: int(v[2]) for k, v in rows.items()}
+    assert folded == {"frozen=0+package-pad": 0, "frozen=0": 0, "frozen=3+unfolded": 0, "frozen=3": 9}
 
 
 def test_cpu_runtime_bench_runs_quick(flowers_dir):

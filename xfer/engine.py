@@ -3,7 +3,8 @@
 ``fit`` reports progress through a callback (per batch :class:`Progress`, per epoch
 :class:`EpochStats`) and checks a cancel flag between batches, so a UI can stream
 it without owning the loop. A frozen body is run once per image and the new head
-is trained on the cached features.
+is trained on the cached features. Frozen layers run with their batch norms folded
+into the convolutions during training passes (:mod:`xfer.fold`), never in evaluation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from .backbones import Preprocessing
 from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError
+from .fold import folded_batchnorm
 from .pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
 from .strategies import Classifier, get_strategy, param_groups
 
@@ -316,6 +318,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _fold(net: Classifier, frozen: Sequence[nn.Module], config: TrainConfig):
+    # Not under torch.compile: swapping modules between epochs would recompile, and compile fuses anyway.
+    if config.compile or not frozen:
+        return contextlib.nullcontext(0)
+    return folded_batchnorm(net, frozen)
+
+
 def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
         config: TrainConfig, device: DeviceInfo, callback: Callback | None = None,
         cancel: CancelFlag | None = None) -> FitResult:
@@ -365,8 +374,11 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         body = torch.compile(net.body) if config.compile else net.body
         total = len(train_views) + len(val_views)
         clock.new_phase()
-        f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
-            "features", 0, epochs, s, total, n * views, n * views))
+        # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
+        # validation features through the body as it is saved, so the metrics are exactly the returned model's.
+        with _fold(net, (net.body,), config):
+            f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+                "features", 0, epochs, s, total, n * views, n * views))
         vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
             "features", 0, epochs, len(train_views) + s, total, n, n))
         # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
@@ -399,9 +411,10 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         t0 = time.perf_counter()
         clock.new_phase()
         lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(
-            step_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
-            on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
+        with _fold(net, () if net.frozen else net.frozen_parts, config):
+            train_loss, train_acc = train_one_epoch(
+                step_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
+                on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
         clock.new_phase()
         out = evaluate(step_module, eval_loader, device, loss_fn,
                        on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
