@@ -376,7 +376,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         clock.new_phase()
         # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
         # validation features through the body as it is saved, so the metrics are exactly the returned model's.
-        with _fold(net, (net.body,), config):
+        with _fold(net, net.frozen_modules, config):
             f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
                 "features", 0, epochs, s, total, n * views, n * views))
         vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
@@ -411,7 +411,8 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         t0 = time.perf_counter()
         clock.new_phase()
         lr_now = optimizer.param_groups[0]["lr"]
-        with _fold(net, () if net.frozen else net.frozen_parts, config):
+        # A frozen body's head trains on cached features: nothing to fold there.
+        with _fold(net, () if net.frozen else net.frozen_modules, config):
             train_loss, train_acc = train_one_epoch(
                 step_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
                 on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))

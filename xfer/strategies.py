@@ -116,15 +116,20 @@ class Classifier(nn.Module):
         self.frozen = frozen
         # A tuple, not a ModuleList: they are already registered inside body, once.
         self.frozen_parts = tuple(frozen_parts)
-        for part in (self.body,) if frozen else self.frozen_parts:
+        for part in self.frozen_modules:
             part.requires_grad_(False)
+
+    @property
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        """What stays frozen and in eval mode: the whole body, or the frozen leading stages of a trained one."""
+        return (self.body,) if self.frozen else self.frozen_parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
-        for part in (self.body,) if self.frozen else self.frozen_parts:
+        for part in self.frozen_modules:
             part.eval()
         return self
 
