@@ -683,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
         device = xfer.select_device(args.device)
     except xfer.XferError as e:
         raise SystemExit(f"error: {e}") from None
+    xfer.device.configure_runtime(device)
     removed = ui.cleanup_stale_sessions()
     if removed:
         log.info("removed %d stale session folders", removed)

@@ -36,11 +36,12 @@ from common import flowers_root, write_text  # noqa: E402
 
 import xfer  # noqa: E402  (before torch: xfer sets OpenMP's wait policy, read when torch loads)
 import torch  # noqa: E402
-from xfer.backbones import Preprocessing, _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
+from xfer.data.transforms import Preprocessing  # noqa: E402
+from xfer.nets.registry import _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
 from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
 from xfer.engine import TrainConfig, fit  # noqa: E402
 from xfer.evaluation import metrics_from_predictions  # noqa: E402
-from xfer.strategies import build_network, make_spec  # noqa: E402
+from xfer.nets.strategies import build_network, make_spec  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 VAL_FRACTION = 0.15

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from xfer import advisor  # noqa: E402
 from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
 from xfer.engine import TrainConfig  # noqa: E402
-from xfer.strategies import STRATEGIES  # noqa: E402
+from xfer.nets.strategies import STRATEGIES  # noqa: E402
 
 from make_digits import make_digits  # noqa: E402
 from make_shapes import make_shapes  # noqa: E402

@@ -32,10 +32,10 @@ import xfer  # noqa: E402,F401  (before torch: xfer sets OpenMP's wait policy)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from xfer.backbones import pretrained_available  # noqa: E402
+from xfer.nets.registry import pretrained_available  # noqa: E402
 from xfer.engine import TrainConfig, make_optimizer  # noqa: E402
-from xfer.fold import folded_batchnorm  # noqa: E402
-from xfer.strategies import build_network, make_spec  # noqa: E402
+from xfer.nets.fold import folded_batchnorm  # noqa: E402
+from xfer.nets.strategies import build_network, make_spec  # noqa: E402
 
 ARMS = "frozen=0+package-pad,frozen=0,frozen=3+unfolded,frozen=3,frozen=5+unfolded,frozen=5"
 
@@ -51,7 +51,7 @@ def make_arm(backbone: str, arm: str) -> nn.Module:
     if "package-pad" in opts:
         from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
-        from xfer.backbones_lite import SamePadConv2d
+        from xfer.nets.lite import SamePadConv2d
 
         for m in net.modules():
             if isinstance(m, SamePadConv2d):

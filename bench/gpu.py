@@ -40,11 +40,11 @@ from common import loadavg, peak_rss_mb, table  # noqa: E402  (also puts the rep
 import torch  # noqa: E402
 
 import xfer  # noqa: E402
-from xfer.backbones import get_backbone  # noqa: E402
+from xfer.nets.registry import get_backbone  # noqa: E402
 from xfer.data import DatasetReport, load_dataset, split_dataset  # noqa: E402
 from xfer.engine import EpochStats, Progress, TrainConfig, fit  # noqa: E402
-from xfer.pipeline import image_batches  # noqa: E402
-from xfer.strategies import build_network, make_spec  # noqa: E402
+from xfer.data.pipeline import image_batches  # noqa: E402
+from xfer.nets.strategies import build_network, make_spec  # noqa: E402
 
 #: Dense bf16 matrix rate measured on this workplace's H200s (a plain 8192³ matmul, KINDS.md).
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0}

@@ -140,11 +140,11 @@ def arm_features(args) -> dict:
     import torch
 
     import xfer
-    from xfer.backbones import get_backbone
+    from xfer.nets.registry import get_backbone
     from xfer.engine import compute_features
-    from xfer.pipeline import image_batches
-    from xfer.strategies import build_network, make_spec
-    from xfer.transforms import ImageDataset, make_transform
+    from xfer.data.pipeline import image_batches
+    from xfer.nets.strategies import build_network, make_spec
+    from xfer.data.transforms import ImageDataset, make_transform
 
     classes, train, _ = subset(args)
     items = train[: args.profile_images]

@@ -105,10 +105,10 @@ def test_cli_interrupt_during_training_keeps_the_last_good_model(small, tmp_path
 
 SAVER = r'''
 import json, os, signal, sys, torch
-from xfer.backbones import get_backbone
+from xfer.nets.registry import get_backbone
 from xfer.model import XferModel, save_model
 from xfer.api import predict_proba
-from xfer.strategies import build_network, make_spec
+from xfer.nets.strategies import build_network, make_spec
 
 out, probe, record, mode = sys.argv[1:5]
 torch.manual_seed(0)

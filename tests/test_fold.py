@@ -1,4 +1,4 @@
-"""Batch norm folded into the frozen convolutions while a network trains (xfer.fold)."""
+"""Batch norm folded into the frozen convolutions while a network trains (xfer.nets.fold)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from xfer.fold import folded_batchnorm
-from xfer.strategies import build_network, make_spec
+from xfer.nets.fold import folded_batchnorm
+from xfer.nets.strategies import build_network, make_spec
 
 # Backbones whose first stages have conv + batch norm pairs (vgg16 has no batch norm, convnext layer norm).
 WITH_BN = ["efficientnet_lite0", "resnet18", "efficientnet_b0", "mobilenet_v3_large"]
@@ -114,7 +114,7 @@ def test_a_block_that_registration_order_misdescribes_stays_unfolded(caplog):
     net.requires_grad_(False).eval()
     x = torch.randn(2, 3, 16, 16)
     expected = net(x)
-    with caplog.at_level(logging.WARNING, logger="xfer.fold"):
+    with caplog.at_level(logging.WARNING, logger="xfer.nets.fold"):
         with folded_batchnorm(net, (net,), probe=x) as n:
             assert n == 0 and isinstance(net.bn, nn.BatchNorm2d)
             torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
@@ -156,7 +156,7 @@ def test_fit_trains_folded_and_returns_the_network_as_built(tmp_path, strategy, 
     keys = list(net.state_dict())
     frozen = net.frozen_parts if strategy == "finetune" else (net.body,)
     frozen_state = {f"{i}.{k}": v.clone() for i, part in enumerate(frozen) for k, v in part.state_dict().items()}
-    with caplog.at_level(logging.DEBUG, logger="xfer.fold"):
+    with caplog.at_level(logging.DEBUG, logger="xfer.nets.fold"):
         result = fit(net, strategy, items[::2], items[1::2], pre, TrainConfig(epochs=2, batch_size=4, seed=0), cpu)
     counts = [int(n) for n in re.findall(r"folded (\d+) batch norms", caplog.text)]
     assert counts and all(n == counts[0] > 0 for n in counts)  # every training pass ran folded

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from xfer import ConfigError, WeightsError
-from xfer.backbones import (get_backbone, list_backbones, load_pretrained, load_state_dict_file,
+from xfer.nets.registry import (get_backbone, list_backbones, load_pretrained, load_state_dict_file,
                             pretrained_available)
-from xfer.strategies import STRATEGIES, NetworkSpec, build_network, make_spec, param_groups
+from xfer.nets.strategies import STRATEGIES, NetworkSpec, build_network, make_spec, param_groups
 
 TORCHVISION = ["vgg16", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"]
 
@@ -128,7 +128,7 @@ def test_reinit_resets_the_last_layers():
     torch.manual_seed(0)
     a = build_network(make_spec("resnet18", "finetune", 3))
     b_state = {k: v.clone() for k, v in a.body.state_dict().items()}
-    from xfer.strategies import reinit_last_layers
+    from xfer.nets.strategies import reinit_last_layers
 
     assert reinit_last_layers(a.body, 2) == 2
     changed = [k for k, v in a.body.state_dict().items() if not torch.equal(v, b_state[k])]

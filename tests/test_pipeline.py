@@ -1,4 +1,4 @@
-"""The device-feeding pipeline (xfer.pipeline) and the engine's use of it, on the CPU.
+"""The device-feeding pipeline (xfer.data.pipeline) and the engine's use of it, on the CPU.
 
 The nvJPEG path is the same code as the CPU-decoding JpegBatches here (only the
 decode call's device differs); the CUDA-only test at the end runs where there is a GPU.
@@ -17,14 +17,14 @@ from PIL import Image
 from torch import nn
 
 import xfer
-from xfer import pipeline
-from xfer.backbones import Preprocessing
+from xfer.data import pipeline
+from xfer.data.transforms import Preprocessing
 from xfer.data import open_image
 from xfer.engine import TrainConfig, compute_features, fit, train_one_epoch
 from xfer.errors import ConfigError
-from xfer.pipeline import DeviceLoader, FeatureBatches, JpegBatches, image_batches, make_loader
-from xfer.strategies import build_network, make_spec
-from xfer.transforms import ImageDataset, make_transform
+from xfer.data.pipeline import DeviceLoader, FeatureBatches, JpegBatches, image_batches, make_loader
+from xfer.nets.strategies import build_network, make_spec
+from xfer.data.transforms import ImageDataset, make_transform
 
 from tests.conftest import make_color_dataset
 

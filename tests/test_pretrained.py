@@ -19,12 +19,13 @@ import pytest
 import torch
 
 import xfer
-from xfer.backbones import (Preprocessing, get_backbone, imagenet_state_dict, list_backbones, load_pretrained,
+from xfer.data.transforms import Preprocessing
+from xfer.nets.registry import (get_backbone, imagenet_state_dict, list_backbones, load_pretrained,
                             pretrained_available)
 from xfer.data import DatasetReport, subsample
 from xfer.engine import TrainConfig
-from xfer.strategies import STRATEGIES, build_network, make_spec
-from xfer.transforms import batch_images
+from xfer.nets.strategies import STRATEGIES, build_network, make_spec
+from xfer.data.transforms import batch_images
 
 from tests.conftest import ROOT, make_color_dataset
 
@@ -67,7 +68,7 @@ def test_same_padding_matches_the_package_without_its_copies(size):
     outputs and gradients, at the trained size and at odd ones (where stride 2 pads asymmetrically)."""
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
-    from xfer.backbones_lite import SamePadConv2d, make_lite0
+    from xfer.nets.lite import SamePadConv2d, make_lite0
 
     ours = make_lite0()
     convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -206,7 +207,7 @@ def weights_server():
 
 def _point_vgg_at(monkeypatch, url: str, hub: Path) -> None:
     """VGG-16's checkpoint URL becomes ``url``; the hub cache is ``hub``; no remembered probes."""
-    from xfer import backbones
+    from xfer.nets import registry as backbones
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     real = backbones._hub_checkpoint
@@ -216,7 +217,7 @@ def _point_vgg_at(monkeypatch, url: str, hub: Path) -> None:
 
 
 def test_default_backbone_is_vgg16_when_its_weights_can_be_downloaded(tmp_path, monkeypatch):
-    from xfer import backbones
+    from xfer.nets import registry as backbones
 
     monkeypatch.delenv("XFER_OFFLINE", raising=False)
     with weights_server() as url:

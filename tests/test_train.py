@@ -14,7 +14,7 @@ from tests.conftest import make_color_dataset
 from xfer import Cancelled, ModelError, TrainConfig
 from xfer.data import scan_folder
 from xfer.engine import EpochStats, Progress, make_optimizer, stream
-from xfer.strategies import build_network, make_spec
+from xfer.nets.strategies import build_network, make_spec
 from xfer.evaluation import metrics_from_predictions
 
 CPU = xfer.select_device("cpu", num_workers=0)
@@ -216,7 +216,7 @@ def test_save_removes_leftovers_of_long_dead_saves(colors, tmp_path):
 
 
 def test_learning_rate_defaults_to_the_strategys(colors):
-    from xfer.strategies import STRATEGIES
+    from xfer.nets.strategies import STRATEGIES
 
     assert TrainConfig().resolved("finetune").learning_rate == STRATEGIES["finetune"].lr == 3e-3
     assert TrainConfig().resolved("head").learning_rate == STRATEGIES["head"].lr == 1e-3
@@ -247,7 +247,7 @@ def test_importing_xfer_lets_idle_openmp_threads_sleep_unless_told_otherwise(pre
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
 @pytest.mark.parametrize("setting", [None, "system"])
-def test_select_device_keeps_freed_memory_for_reuse_until_fit_releases_it(setting, tmp_path):
+def test_configure_runtime_keeps_freed_memory_for_reuse_until_fit_releases_it(setting, tmp_path):
     """A freed 256 MB block stays with the process for reuse (no fresh page faults next step) until
     release_freed_memory, which fit calls at its end; XFER_HOST_MALLOC=system keeps glibc's default."""
     import os
@@ -263,7 +263,8 @@ from xfer.device import release_freed_memory
 def rss():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
 
-on = xfer.select_device("cpu", num_workers=0) and xfer.device.keep_freed_memory()
+xfer.device.configure_runtime(xfer.select_device("cpu", num_workers=0))
+on = xfer.device.keep_freed_memory()
 base = rss()
 x = torch.ones(64 * 2**20)  # 256 MB, every page touched
 del x

@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .backbones import get_backbone, list_backbones, load_pretrained, pretrained_available
+from .nets.registry import get_backbone, list_backbones, load_pretrained, pretrained_available
 from .data import DatasetReport, subsample
 from .device import DeviceInfo, select_device
-from .transforms import batch_images
+from .data.transforms import batch_images
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def similarity_stats(report: DatasetReport, backbone: str | None = None, per_cla
     ``head`` sees); the early stages, run again and pooled as ``truncate`` pools them, give
     the other probe's features.
     """
-    from .strategies import _get  # the registry's dotted paths
+    from .nets.strategies import _get  # the registry's dotted paths
 
     backbone = backbone or similarity_backbone()
     if backbone is None or not report.items:

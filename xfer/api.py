@@ -14,15 +14,15 @@ from typing import Any, Sequence
 import torch
 
 from .advisor import recommend
-from .backbones import DEFAULT_BACKBONE, get_backbone, pretrained_available
+from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .data import DatasetReport, ImageSource, load_dataset, split_dataset
 from .device import DeviceInfo, select_device
 from .engine import CancelFlag, Callback, TrainConfig, evaluate as run_eval, fit, make_loader
 from .errors import ConfigError, DataError
 from .evaluation import EvalReport, metrics_from_predictions
 from .model import XferModel, save_model
-from .strategies import STRATEGIES, build_network, make_spec
-from .transforms import ImageDataset, batch_images, make_transform
+from .nets.strategies import STRATEGIES, build_network, make_spec
+from .data.transforms import ImageDataset, batch_images, make_transform
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def default_backbone() -> tuple[str, str | None]:
     """
     if pretrained_available(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, None
-    from .backbones import _hub_checkpoint, weights_downloadable
+    from .nets.registry import _hub_checkpoint, weights_downloadable
 
     url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
     if weights_downloadable(DEFAULT_BACKBONE):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .strategies import STRATEGIES
+from .nets.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from .model import XferModel

@@ -76,11 +76,12 @@ class ProgressPrinter:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import default_backbone, train
-    from .device import select_device
+    from .device import configure_runtime, select_device
     from .engine import TrainConfig
 
     device = select_device(args.device, num_workers=args.workers, decode=args.decode,
                            feature_batch=args.feature_batch)
+    configure_runtime(device)
     with _dataset(args.data) as report:
         print(report.summary(), file=sys.stderr)
         backbone = args.backbone
@@ -179,7 +180,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 @command("backbones")
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .backbones import get_backbone, list_backbones, pretrained_available
+    from .nets.registry import get_backbone, list_backbones, pretrained_available
 
     for name in list_backbones():
         b = get_backbone(name)
@@ -191,7 +192,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 @command("strategies")
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from .strategies import STRATEGIES
+    from .nets.strategies import STRATEGIES
 
     for s in STRATEGIES.values():
         print(f"{s.name:<9} {s.title}: {s.summary}")
@@ -199,8 +200,8 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import list_backbones
-    from .strategies import STRATEGIES
+    from .nets.registry import list_backbones
+    from .nets.strategies import STRATEGIES
 
     p = argparse.ArgumentParser(prog="python -m xfer", description="Transfer learning for image classification.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

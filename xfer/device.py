@@ -23,7 +23,7 @@ class DeviceInfo:
     ``amp_dtype`` is the autocast dtype (None: full fp32). On CPU, autocast is off:
     bf16 autocast measured 30x slower than fp32 on this project's CPUs.
     ``decode`` says where JPEGs are decoded: "cpu" (DataLoader workers, Pillow) or
-    "gpu" (nvJPEG on the device, see :mod:`xfer.pipeline`). ``feature_batch`` is the
+    "gpu" (nvJPEG on the device, see :mod:`xfer.data.pipeline`). ``feature_batch`` is the
     batch size of frozen-body passes (no gradients, so a GPU takes far larger batches
     than training does); None means the training batch size.
     """
@@ -53,10 +53,9 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
 
     ``decode``: "auto" (nvJPEG on CUDA, else Pillow), "gpu" or "cpu".
     ``feature_batch``: None for the device's default (256 on CUDA).
-    Also has the host's malloc keep freed memory for reuse (:func:`keep_freed_memory`).
+    No side effects: process-wide tuning is :func:`configure_runtime`, called by the entry points.
     """
     cpus = os.cpu_count() or 1
-    keep_freed_memory()
     if decode not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"Unknown decode {decode!r}: use auto, cpu or gpu.")
     if name == "auto":
@@ -68,10 +67,6 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
             raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto.")
         dev = torch.device(name)
         amp = torch.bfloat16 if _native_bf16(dev) else torch.float16
-        # Fixed input sizes: let cuDNN time its algorithms once; fp32 leftovers (outside autocast) may use TF32.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         # Workers only matter with decode="cpu"; leave one core to drive the GPU.
         workers = min(16, max(cpus - 1, 1)) if num_workers is None else num_workers
         return DeviceInfo(dev, f"GPU: {torch.cuda.get_device_name(dev)}", amp, True, True, workers,
@@ -88,6 +83,19 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
                           (1 if cpus > 1 else 0) if num_workers is None else num_workers,
                           feature_batch=feature_batch)
     raise ConfigError(f"Unknown device {name!r}: use auto, cpu, cuda or mps.")
+
+
+def configure_runtime(device: DeviceInfo) -> None:
+    """Process-wide tuning for training on ``device``; call it once, from an entry point (CLI, app, benchmark).
+
+    On CUDA: cuDNN autotuning (input sizes are fixed) and TF32 for fp32 work outside autocast.
+    Everywhere: the host's malloc keeps freed memory for reuse (:func:`keep_freed_memory`).
+    """
+    keep_freed_memory()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _mps_available() -> bool:

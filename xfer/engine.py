@@ -4,7 +4,7 @@
 :class:`EpochStats`) and checks a cancel flag between batches, so a UI can stream
 it without owning the loop. A frozen body is run once per image and the new head
 is trained on the cached features. Frozen layers run with their batch norms folded
-into the convolutions during training passes (:mod:`xfer.fold`), never in evaluation.
+into the convolutions during training passes (:mod:`xfer.nets.fold`), never in evaluation.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbones import Preprocessing
+from .data.transforms import Preprocessing
 from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError
-from .fold import folded_batchnorm
-from .pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
-from .strategies import Classifier, get_strategy, param_groups
+from .nets.fold import folded_batchnorm
+from .data.pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
+from .nets.strategies import Classifier, get_strategy, param_groups
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from torchvision.transforms import v2 as T
 
 from .data import ImageSource, open_image
 from .model import XferModel
-from .transforms import batch_images
+from .data.transforms import batch_images
 
 log = logging.getLogger(__name__)
 

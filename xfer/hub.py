@@ -176,7 +176,7 @@ def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
     """
     from safetensors import SafetensorError, safe_open
 
-    from .strategies import NetworkSpec, build_network
+    from .nets.strategies import NetworkSpec, build_network
 
     path = folder / WEIGHTS_NAME
     if not path.is_file():

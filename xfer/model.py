@@ -21,9 +21,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import __version__
-from .backbones import Preprocessing, get_backbone
+from .data.transforms import Preprocessing
+from .nets.registry import get_backbone
 from .errors import ConfigError, ModelError, XferError
-from .strategies import Classifier, NetworkSpec, build_network
+from .nets.strategies import Classifier, NetworkSpec, build_network
 
 log = logging.getLogger(__name__)
 

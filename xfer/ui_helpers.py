@@ -23,7 +23,7 @@ from PIL import Image
 from .data import DatasetReport, cache_dir, open_image, subsample
 from .errors import DataError, ModelError
 from .model import CONFIG_NAME, XferModel
-from .strategies import STRATEGIES
+from .nets.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones import get_backbone, load_pretrained
-from .errors import ConfigError
+from ..errors import ConfigError
+from .registry import get_backbone, load_pretrained
 
 log = logging.getLogger(__name__)
 

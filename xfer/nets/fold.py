@@ -1,6 +1,6 @@
 """Batch norm folded into the convolution before it, in the frozen parts of a network, while it trains.
 
-A frozen part runs in eval mode (:class:`~xfer.strategies.Classifier`), so each of its
+A frozen part runs in eval mode (:class:`~xfer.nets.strategies.Classifier`), so each of its
 batch norms is a fixed per-channel affine map, which can be merged into the preceding
 convolution's weights and bias. That saves one pass over every activation the frozen
 part makes, which on a CPU is memory-bound work: the forward pass of efficientnet_lite0's stem

@@ -1,0 +1,148 @@
+"""Safe zip extraction: no paths outside the destination, no links, bounded size and entry count, zip bombs refused from the headers."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+from .images import JUNK_NAMES
+
+#: Archives are refused if they would inflate past this many bytes (2 GiB by default).
+MAX_EXTRACT_BYTES = int(os.environ.get("XFER_MAX_EXTRACT_BYTES", 2 * 1024**3))
+#: ...or hold more entries than this.
+MAX_ARCHIVE_FILES = int(os.environ.get("XFER_MAX_ARCHIVE_FILES", 100_000))
+#: A member that inflates more than this ratio (and past 1 MB) is a zip bomb, not an image;
+#: so is a whole archive that does (past 16 MB): many small bombs instead of one big one.
+MAX_COMPRESSION_RATIO = 100
+BOMB_MIN_BYTES, BOMB_MIN_TOTAL_BYTES = 1_000_000, 16_000_000
+
+
+def is_junk(part: str) -> bool:
+    return part.startswith(".") or part in JUNK_NAMES
+
+
+def _safe_member_path(name: str) -> PurePosixPath | None:
+    """The member's relative path, or None if it is absolute or climbs out with ``..``."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return PurePosixPath(*parts)
+
+
+def _undo(dest: Path, fresh: bool, created: list[Path]) -> None:
+    """Remove what a failed extraction wrote: all of ``dest`` if it made it, else only its own files."""
+    if fresh:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for path in reversed(created):  # files before the folders that hold them
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
+
+
+def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
+                max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> list[tuple[str, str]]:
+    """Extract a zip into ``dest`` safely; return the (member, reason) pairs that were skipped.
+
+    Never writes outside ``dest``: absolute paths, ``..`` entries and symlinks are
+    skipped. Junk (``__MACOSX/``, dot files) is ignored. An archive that would inflate
+    past ``max_bytes`` (counted while writing, not trusted from its headers), or that
+    holds a member (or is as a whole) compressed suspiciously well, is refused from its
+    headers before anything is written. Members whose names the file system refuses (too
+    long) are skipped.
+    """
+    dest = Path(dest)
+    skipped: list[tuple[str, str]] = []
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise DataError(f"{Path(archive).name} is not a zip archive: upload a .zip of one folder per class.") from None
+    except OSError as e:
+        raise DataError(f"Cannot read {Path(archive).name}: {e.strerror or e}.") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_files:
+            raise DataError(f"The archive holds {len(infos)} entries, over the limit of {max_files}.")
+        # Refuse from the headers before writing anything; the byte count below still guards against lies.
+        for info in infos:
+            if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+                raise DataError(
+                    f"{info.filename} inflates {info.file_size // max(info.compress_size, 1)}x "
+                    "(a zip bomb?): the archive was refused."
+                )
+        total = sum(i.file_size for i in infos if not i.is_dir())
+        packed = max(sum(i.compress_size for i in infos if not i.is_dir()), 1)
+        if total > max_bytes:
+            raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
+        if total > BOMB_MIN_TOTAL_BYTES and total > MAX_COMPRESSION_RATIO * packed:
+            raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
+        # On failure only what this call created is removed: a dest that existed keeps its other files.
+        fresh = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        written = 0
+        created: list[Path] = []
+        try:
+            for info in infos:
+                if info.is_dir():
+                    continue
+                rel = _safe_member_path(info.filename)
+                if rel is None:
+                    skipped.append((info.filename, "unsafe path (absolute or ..), skipped"))
+                    continue
+                if any(is_junk(p) for p in rel.parts):
+                    continue
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    skipped.append((info.filename, "symbolic link, skipped"))
+                    continue
+                if written + info.file_size > max_bytes:
+                    raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
+                target = dest.joinpath(*rel.parts)
+                if not target.resolve().is_relative_to(dest.resolve()):
+                    skipped.append((info.filename, "unsafe path, skipped"))
+                    continue
+                try:
+                    for d in reversed(target.relative_to(dest).parents[:-1]):
+                        if not (dest / d).exists():
+                            (dest / d).mkdir()
+                            created.append(dest / d)
+                    out = open(target, "xb")  # never overwrites: a name is written once
+                    created.append(target)
+                except FileExistsError:
+                    skipped.append((info.filename, "a file of this name is already there, skipped"))
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
+                        raise
+                    skipped.append((info.filename, "file name not allowed on this system, skipped"))
+                    continue
+                with zf.open(info) as src, out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise DataError(
+                                f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data."
+                            )
+                        out.write(chunk)
+        except DataError:
+            _undo(dest, fresh, created)
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            _undo(dest, fresh, created)
+            raise DataError(f"The archive is damaged or unsupported ({type(e).__name__}: {e}): re-create it.") from None
+    for name, reason in skipped:
+        log.warning("%s: %s", name, reason)
+    return skipped
+
+

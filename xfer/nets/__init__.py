@@ -1,0 +1,31 @@
+"""Networks: the backbone registry, the strategy table and the one builder that reads both.
+
+Importing this package registers every backbone (the torchvision ones in ``registry``, the
+offline EfficientNet-Lites in ``lite``), the way ``timm.models`` registers its families.
+"""
+
+from . import lite  # noqa: F401  (registers the EfficientNet-Lite backbones)
+from .registry import (
+                       DEFAULT_BACKBONE,
+                       Backbone,
+                       get_backbone,
+                       list_backbones,
+                       load_pretrained,
+                       pretrained_available,
+                       register,
+)
+from .strategies import (
+                       STRATEGIES,
+                       Classifier,
+                       NetworkSpec,
+                       Strategy,
+                       build_network,
+                       get_strategy,
+                       make_spec,
+)
+
+__all__ = [
+    "DEFAULT_BACKBONE", "STRATEGIES", "Backbone", "Classifier", "NetworkSpec", "Strategy", "build_network",
+    "get_backbone", "get_strategy", "list_backbones", "load_pretrained", "make_spec", "pretrained_available",
+    "register",
+]
