@@ -98,3 +98,24 @@ def test_cpu_runtime_bench_runs_quick(flowers_dir):
     assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == [
         "xfer's defaults", "OpenMP idle threads spin", "glibc malloc's default"]
     assert rows[0].split("|")[4].strip() == "1.00"  # ratios are against the first arm
+
+
+def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
+    out = tmp_path / "acc.md"
+    env_dir = os.environ.get("XFER_FLOWERS_DIR")
+    os.environ["XFER_FLOWERS_DIR"] = str(flowers_dir)
+    try:
+        proc = _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0,1", "--out", str(out)])
+    finally:
+        if env_dir is None:
+            os.environ.pop("XFER_FLOWERS_DIR")
+        else:
+            os.environ["XFER_FLOWERS_DIR"] = env_dir
+    md = out.read_text()
+    assert md.strip() in proc.stdout
+    summary = [line for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | 128 ")]
+    assert len(summary) == 1 and "(n=2)" in summary[0]  # mean ± sd over the two seeds
+    per_run = [line for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | ")
+               and line.split("|")[2].strip() in ("0", "1")]
+    assert len(per_run) == 2
+    assert "used for nothing but the test column" in md
