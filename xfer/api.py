@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from . import distributed
 from .advisor import recommend
 from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .data import DatasetReport, ImageSource, load_dataset, split_dataset
@@ -71,9 +72,15 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     backbone stages ``finetune`` keeps frozen (None: the backbone's default; 0: none).
     If ``out`` is given the model is saved there, only after training succeeded. Returns the model, with ``metrics`` from
     its best validation epoch and ``evaluation`` (incl. misclassified files).
+
+    Under a launcher (``torchrun``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR set) the processes
+    train one model together (:mod:`xfer.distributed`): ``config.batch_size`` per process, the
+    learning rate as given, ``device`` by default ``cuda:LOCAL_RANK`` (or the CPU), only rank 0
+    reports to ``callback`` and saves, and every process returns the same model. A lost process
+    fails every other one with :class:`~xfer.distributed.DistributedError` and nothing is saved.
     """
     config = config or TrainConfig()
-    device = device or select_device("auto")
+    device = device or select_device(distributed.device_name("auto"))
     if image_size < 16 or image_size > 1024:
         raise ConfigError(f"image size must be between 16 and 1024 pixels, got {image_size}.")
     report = _as_report(data)
@@ -90,7 +97,10 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     spec = make_spec(backbone, strategy, len(report.classes), cut=cut, frozen_stages=frozen_stages)
     net = build_network(spec, weights=weights, reinit=reinit if strategy == "finetune" else 0)
     pre = get_backbone(backbone).get_preprocessing().for_size(image_size)
-    result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel)
+    with distributed.process_group(device.device), distributed.failures():
+        result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel)
+        world = distributed.world_size()
+        distributed.barrier()  # every process finished training (else this fails): only then is anything saved
     evaluation = metrics_from_predictions(result.val_output.probs, result.val_output.targets, report.classes,
                                           files=[p for p, _ in val_items])
     model = XferModel(
@@ -100,7 +110,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
         training={**config.to_dict(), "image_size": image_size, "val_fraction": val_fraction,
                   "device": device.name, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
                   "stopped_early": result.stopped_early, "num_train": len(train_items),
-                  "num_val": len(val_items), **({"cut": spec.cut} if spec.cut else {}),
+                  "num_val": len(val_items), "world_size": world, **({"cut": spec.cut} if spec.cut else {}),
                   **({"frozen_stages": spec.frozen_stages} if spec.frozen_stages else {}),
                   **({"reinit": reinit} if reinit and strategy == "finetune" else {})},
         metrics=evaluation.to_dict(with_files=False),
@@ -109,7 +119,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
         recommendation=rec.to_dict() if rec else None,
     )
     model.evaluation = evaluation
-    if out is not None:
+    if out is not None and distributed.is_main():
         save_model(model, out)
     return model
 

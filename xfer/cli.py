@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -73,23 +74,37 @@ class ProgressPrinter:
             self.stream.flush()
 
 
+@contextlib.contextmanager
+def _quiet(quiet: bool):
+    """Under a launcher, ranks other than 0 print nothing but their error line (printed by main, outside)."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .api import default_backbone, train
     from .device import configure_runtime, select_device
     from .engine import TrainConfig
 
-    device = select_device(args.device, num_workers=args.workers, decode=args.decode,
+    # Under torchrun, "auto"/"cuda" is this process's own GPU, cuda:LOCAL_RANK.
+    device = select_device(distributed.device_name(args.device), num_workers=args.workers, decode=args.decode,
                            feature_batch=args.feature_batch)
     configure_runtime(device)
-    with _dataset(args.data) as report:
+    world = distributed.world_size()
+    with distributed.stopped_as_error(), _quiet(not distributed.is_main()), _dataset(args.data) as report:
         print(report.summary(), file=sys.stderr)
         backbone = args.backbone
         if backbone is None:
             backbone, note = default_backbone()
             if note:
                 print(f"note: {note}", file=sys.stderr)
-        print(f"device: {device.name}", file=sys.stderr)
+        print(f"device: {device.name}" + (f", {world} processes (torchrun): batch {args.batch_size} per process, "
+              f"{args.batch_size * world} per step" if world > 1 else ""), file=sys.stderr)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                              augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,

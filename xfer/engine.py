@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .data.transforms import Preprocessing
 from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError
@@ -144,8 +145,10 @@ Callback = Callable[[object], None]
 class _Clock:
     """Turns work done (images through the network) into fraction, speed and ETA."""
 
-    def __init__(self, total_units: float, callback: Callback | None, cancel: CancelFlag | None):
+    def __init__(self, total_units: float, callback: Callback | None, cancel: CancelFlag | None,
+                 scale: int = 1):
         self.total = total_units
+        self.scale = scale  # data-parallel: each of `scale` processes does its share of the work
         self.done = 0.0
         self.start = time.perf_counter()
         self.phase_start = self.start
@@ -163,6 +166,7 @@ class _Clock:
 
     def step(self, phase: str, epoch: int, epochs: int, step: int, steps: int, images: int,
              units: float, loss: float | None = None, acc: float | None = None) -> None:
+        images, units = images * self.scale, units * self.scale
         self.done += units
         self.phase_images += images
         now = time.perf_counter()
@@ -325,6 +329,25 @@ def _fold(net: Classifier, frozen: Sequence[nn.Module], config: TrainConfig):
     return folded_batchnorm(net, frozen)
 
 
+def _whole_validation(out: EvalOutput, n_val: int, sharded: bool) -> EvalOutput:
+    """The whole validation set's output on every process, and rank 0's loss and accuracy everywhere.
+
+    ``sharded``: each process evaluated its share (:func:`xfer.distributed.shard_bounds`); the
+    probabilities are gathered in the images' order, so the confusion matrix is the whole set's.
+    Otherwise every process evaluated all of it (the head on gathered features). Broadcasting
+    the two numbers that choose the best epoch makes that choice the same on every process.
+    """
+    if not distributed.active():
+        return out
+    if sharded:
+        n = len(out.targets)
+        loss_sum = distributed.all_sum([out.loss * n])[0]
+        probs, targets = distributed.gather_rows(out.probs, n_val), distributed.gather_rows(out.targets, n_val)
+        out = EvalOutput(loss_sum / n_val, (probs.argmax(1) == targets).float().mean().item(), probs, targets)
+    loss, acc = distributed.broadcast_values([out.loss, out.accuracy])
+    return replace(out, loss=loss, accuracy=acc)
+
+
 def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
         config: TrainConfig, device: DeviceInfo, callback: Callback | None = None,
         cancel: CancelFlag | None = None) -> FitResult:
@@ -333,6 +356,11 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     ``callback`` receives :class:`Progress` per batch and :class:`EpochStats` per
     epoch. ``cancel.is_set()`` is checked after every batch; when set, fit raises
     :class:`Cancelled` (the caller's saved model is untouched since fit saves nothing).
+
+    Data-parallel when a process group is up (:func:`xfer.distributed.process_group`): each
+    process takes ``config.batch_size`` images of every global batch of ``batch_size * world_size``
+    (the learning rate is not scaled), DistributedDataParallel averages the gradients, every
+    process ends with the same weights, and only rank 0 hears ``callback``.
     """
     try:
         return _fit(net, strategy, train_items, val_items, pre, config, device, callback, cancel)
@@ -348,15 +376,28 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     config.validate()
     if not train_items or not val_items:
         raise ConfigError("Training needs at least one training and one validation image.")
-    seed_everything(config.seed)
+    shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
+    rank, world = shard or (0, 1)
+    if shard and min(len(train_items), len(val_items)) < world:
+        raise ConfigError(f"Training in {world} processes needs at least {world} training and {world} validation "
+                          "images.")
+    if rank != 0:
+        callback = None  # one process reports
+    # Rank r's own random stream (dropout, main-process augmentation); rank 0's is a lone process's.
+    seed_everything(config.seed + rank)
     start = time.perf_counter()
     net.to(device.device)
+    distributed.broadcast_module(net)  # the frozen body too: every rank computes its features alike
     if device.channels_last:
         net.to(memory_format=torch.channels_last)
     n_train, n_val = len(train_items), len(val_items)
     bs, epochs = config.batch_size, config.epochs
+    gbs = bs * world  # the global batch: one step of all processes together
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    per_epoch = (n_train // bs) * bs if n_train > bs else n_train  # drop_last
+    per_epoch = (n_train // gbs) * gbs if n_train > gbs else n_train  # drop_last
+    # Each process caches the features of (and validates) its contiguous share of the images.
+    lo, hi = distributed.shard_bounds(n_train, rank, world)
+    vlo, vhi = distributed.shard_bounds(n_val, rank, world)
     per_epoch += n_val
 
     if net.frozen:
@@ -364,13 +405,14 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         # Features dominate the cost; the head epochs on cached features are nearly free.
         # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
         unit = 0.02
-        clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel)
+        clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel, scale=world)
         clock.check_cancel()
         # Each image is decoded once for all its views (the clean one, then augmented ones); a
         # frozen body has no gradients, so it runs in the device's larger inference batches.
         fbs = device.feature_batch or bs
-        train_views = image_batches(train_items, pre, [False] + [True] * (views - 1), max(1, fbs // views), device)
-        val_views = image_batches(val_items, pre, [False], fbs, device)
+        train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
+                                    device)
+        val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
         body = torch.compile(net.body) if config.compile else net.body
         total = len(train_views) + len(val_views)
         clock.new_phase()
@@ -381,20 +423,23 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
                 "features", 0, epochs, s, total, n * views, n * views))
         vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
             "features", 0, epochs, len(train_views) + s, total, n, n))
+        # Every process gets all the features, in the images' order (a no-op in one process).
+        f, labels = distributed.gather_rows(f, n_train), distributed.gather_rows(labels, n_train)
+        vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
         # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
         train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
-                                      seed=config.seed, drop_last=n_train > bs)
+                                      seed=config.seed, drop_last=n_train > gbs, shard=shard)
         eval_loader = FeatureBatches(vf, vl, 256)
         module: nn.Module = net.head
     else:
         unit = 1.0
-        clock = _Clock(epochs * per_epoch, callback, cancel)
+        clock = _Clock(epochs * per_epoch, callback, cancel, scale=world)
         clock.check_cancel()
         # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
         train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=config.seed,
-                                     drop_last=n_train > bs, persistent=True, cache_decoded=True)
-        eval_loader = image_batches(val_items, pre, [False], device.feature_batch or bs, device, persistent=True,
-                                    cache_decoded=True)
+                                     drop_last=n_train > gbs, persistent=True, cache_decoded=True, shard=shard)
+        eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
+                                    persistent=True, cache_decoded=True)
         module = net
 
     optimizer = make_optimizer(net, strategy, config, device)
@@ -402,6 +447,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
     scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
     step_module = torch.compile(module) if config.compile else module
+    train_module = distributed.wrap(step_module, device.device)  # DDP when data-parallel
 
     history: list[EpochStats] = []
     best_acc, best_loss, best_epoch, best_state, best_out = -1.0, math.inf, 0, None, None
@@ -414,11 +460,14 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         # A frozen body's head trains on cached features: nothing to fold there.
         with _fold(net, () if net.frozen else net.frozen_modules, config):
             train_loss, train_acc = train_one_epoch(
-                step_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
+                train_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
                 on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
+        train_loss, train_acc = distributed.all_mean([train_loss, train_acc])
+        distributed.broadcast_module(module, buffers_only=True)  # rank 0's batch-norm statistics, everywhere
         clock.new_phase()
         out = evaluate(step_module, eval_loader, device, loss_fn,
                        on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
+        out = _whole_validation(out, n_val, sharded=not net.frozen)
         stats = EpochStats(epoch, train_loss, train_acc, out.loss, out.accuracy, lr_now, time.perf_counter() - t0)
         history.append(stats)
         log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs)", epoch, epochs,

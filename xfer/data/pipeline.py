@@ -22,6 +22,7 @@ cache: the clean view plus augmented ones, from one decode).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -36,8 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from .. import distributed
 from ..device import DeviceInfo
 from .images import MAX_IMAGE_PIXELS, ImageSource, open_image
 from .transforms import (
@@ -84,20 +86,61 @@ class MultiViewDataset(Dataset):
         return torch.stack([t(img) for t in self.transforms]), label
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """One rank's batches of a data-parallel epoch (:func:`xfer.distributed.local_batches`).
+
+    The epoch's order is drawn from ``generator`` exactly as a shuffling DataLoader
+    draws it (a RandomSampler on the same generator), so every rank draws the same order,
+    and the union of the ranks' batches at each step is the batch one process with a
+    ``world_size`` times larger batch would take. Each pass is the next epoch (as
+    ``DistributedSampler.set_epoch`` would make it).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator, drop_last: bool,
+                 shard: tuple[int, int]):
+        self.order = RandomSampler(range(n), generator=generator) if shuffle else range(n)
+        self.n, self.batch_size, self.drop_last, self.shard = n, batch_size, drop_last, shard
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return distributed.num_batches(self.n, self.batch_size * self.shard[1], self.drop_last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.epoch += 1
+        for batch in distributed.local_batches(list(self.order), self.batch_size, self.drop_last, self.shard):
+            distributed.note_batch(self.epoch, batch)
+            yield list(batch)
+
+
+def _reseed_worker(rank: int, worker_id: int) -> None:
+    # DataLoader seeds worker k with base_seed + k, and every rank draws the same base seed (its generator
+    # also orders the epoch): offset by rank so that the ranks' random crops and flips differ.
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
 def make_loader(dataset, batch_size: int, device: DeviceInfo, shuffle: bool, seed: int = 0,
-                drop_last: bool = False, persistent: bool = False) -> DataLoader:
+                drop_last: bool = False, persistent: bool = False,
+                shard: tuple[int, int] | None = None) -> DataLoader:
     """A DataLoader with the device's workers and pinning.
 
     ``persistent`` keeps the workers between epochs: starting 8-16 of them costs
     about a second, which is a third of a GPU epoch on a few thousand images.
+    ``shard=(rank, world_size)``: this rank's part of each global batch of ``batch_size * world_size``
+    (:class:`ShardedBatchSampler`); ``drop_last`` then applies to the global batches.
     """
     from torch.utils.data import TensorDataset
 
     workers = 0 if isinstance(dataset, TensorDataset) else device.num_workers
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.pin_memory, drop_last=drop_last, generator=g,
-                      persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None)
+    common = dict(num_workers=workers, pin_memory=device.pin_memory, generator=g,
+                  persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None)
+    if shard is not None:
+        batches = ShardedBatchSampler(len(dataset), batch_size, shuffle, g, drop_last, shard)
+        init = functools.partial(_reseed_worker, shard[0]) if workers else None
+        return DataLoader(dataset, batch_sampler=batches, worker_init_fn=init, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **common)
 
 
 class DeviceLoader:
@@ -222,11 +265,13 @@ class JpegBatches:
     more than one view, x is (B, V, 3, S, S). ``cache_decoded`` keeps decoded images
     on the device (up to ``cache_bytes``) so that later epochs skip decoding.
     On a CPU device the same code decodes with libjpeg, which is how it is tested.
+    ``shard=(rank, world_size)``: this rank's part of each global batch, as in :func:`make_loader`.
     """
 
     def __init__(self, items: Items, pre: Preprocessing, views: Sequence[bool], batch_size: int,
                  device: DeviceInfo, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 cache_decoded: bool = False, cache_bytes: int = 4 * 2**30, read_threads: int = 4):
+                 cache_decoded: bool = False, cache_bytes: int = 4 * 2**30, read_threads: int = 4,
+                 shard: tuple[int, int] | None = None):
         self.items = list(items)
         self.pre = pre
         self.views = list(views) or [False]
@@ -234,7 +279,9 @@ class JpegBatches:
         self.device = device
         self.shuffle, self.drop_last = shuffle, drop_last
         self.order_gen = torch.Generator().manual_seed(seed)
-        self.rng = random.Random(seed)
+        self.shard, self.epoch = shard, 0
+        # Every rank draws the same order; the crops and flips differ by rank (rank 0's are a lone process's).
+        self.rng = random.Random(seed + 1_000_003 * (shard[0] if shard else 0))
         self.normalize = DeviceNormalize(pre, device.device)
         self.labels = torch.tensor([label for _, label in self.items], dtype=torch.long)
         self.cache: dict[int, torch.Tensor] | None = {} if cache_decoded else None
@@ -248,14 +295,21 @@ class JpegBatches:
 
     def __len__(self) -> int:
         n = len(self.items)
+        if self.shard is not None:
+            return distributed.num_batches(n, self.batch_size * self.shard[1], self.drop_last)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.items)
         order = torch.randperm(n, generator=self.order_gen) if self.shuffle else torch.arange(n)
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        self.epoch += 1
+        if self.shard is not None:
+            batches = [b.tolist() for b in distributed.local_batches(order, self.batch_size, self.drop_last,
+                                                                    self.shard)]
+        else:
+            batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+                batches.pop()
         with ThreadPoolExecutor(self.read_threads, thread_name_prefix="xfer-read") as pool:
             ahead: deque = deque()
 
@@ -270,6 +324,8 @@ class JpegBatches:
                 submit(k)
             for k in range(len(batches)):
                 idx, reads = ahead.popleft()
+                if self.shard is not None:
+                    distributed.note_batch(self.epoch, idx)
                 submit(k + 3)
                 decoded = self._decode([(i, f.result()) for i, f in reads])
                 images = [self.cache[i] if i not in decoded else decoded[i] for i in idx] if self.cache is not None \
@@ -379,22 +435,22 @@ class JpegBatches:
 
 def image_batches(items: Items, pre: Preprocessing, views: Sequence[bool], batch_size: int, device: DeviceInfo,
                   shuffle: bool = False, seed: int = 0, drop_last: bool = False, persistent: bool = False,
-                  cache_decoded: bool = False):
+                  cache_decoded: bool = False, shard: tuple[int, int] | None = None):
     """The right loader for ``device``: an iterable of (x, y) batches with ``len()``.
 
     ``views`` as in :class:`JpegBatches`. On CPU and MPS, x is still on the host
-    (the training loop moves it); on CUDA it is on the GPU, normalised.
+    (the training loop moves it); on CUDA it is on the GPU, normalised. ``shard`` as in :func:`make_loader`.
     """
     views = list(views) or [False]
     if device.type == "cuda" and device.decode == "gpu":
         return JpegBatches(items, pre, views, batch_size, device, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                           cache_decoded=cache_decoded)
+                           cache_decoded=cache_decoded, shard=shard)
     on_gpu = device.type == "cuda"
     tfs = [make_transform(pre, train=t, normalize=not on_gpu) for t in views]
     max_side = 2 * pre.resize_size
     dataset = ImageDataset(items, tfs[0], max_side) if len(tfs) == 1 else MultiViewDataset(items, tfs, max_side)
     loader = make_loader(dataset, batch_size, device, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                         persistent=persistent)
+                         persistent=persistent, shard=shard)
     return DeviceLoader(loader, device, pre) if on_gpu else loader
 
 
@@ -403,17 +459,22 @@ class FeatureBatches:
 
     ``features`` is (V, N, D): each pass draws one of the V views per image (a fresh
     draw per epoch), so the head sees augmented features without re-running the body.
+    ``shard=(rank, world_size)``: every rank holds all the features and draws the same order;
+    it takes its part of each global batch (:func:`xfer.distributed.local_batches`).
     """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, shard: tuple[int, int] | None = None):
         self.features = features if features.ndim == 3 else features.unsqueeze(0)
         self.labels = labels.to(self.features.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.gen = torch.Generator().manual_seed(seed)
+        self.shard, self.epoch = shard, 0
 
     def __len__(self) -> int:
         n = len(self.labels)
+        if self.shard is not None:
+            return distributed.num_batches(n, self.batch_size * self.shard[1], self.drop_last)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -421,7 +482,13 @@ class FeatureBatches:
         dev = self.features.device
         order = (torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)).to(dev)
         pick = torch.randint(0, v, (n,), generator=self.gen).to(dev) if v > 1 else None
-        for k in range(len(self)):
-            idx = order[k * self.batch_size : (k + 1) * self.batch_size]
+        if self.shard is not None:
+            batches = distributed.local_batches(order, self.batch_size, self.drop_last, self.shard)
+        else:
+            batches = [order[k * self.batch_size : (k + 1) * self.batch_size] for k in range(len(self))]
+        self.epoch += 1
+        for idx in batches:
+            if self.shard is not None:
+                distributed.note_batch(self.epoch, idx)
             x = self.features[pick[idx], idx] if pick is not None else self.features[0, idx]
             yield x, self.labels[idx]
