@@ -175,3 +175,25 @@ def test_a_killed_rank_fails_the_run_and_saves_nothing(tmp_path):
     assert "Traceback" not in r.stderr.split("error: rank 0:")[0]  # xfer's part: one line; torchrun's follows
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous model, as it was
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]
+
+
+def test_jpeg_and_feature_batches_shard_like_the_loader(tmp_path):
+    from xfer.data.pipeline import FeatureBatches, JpegBatches
+    from xfer.data.transforms import Preprocessing
+    from xfer.device import select_device
+
+    data = make_color_dataset(tmp_path / "d", per_class=6, size=20)
+    items = [(p, i) for i, p in enumerate(sorted(data.glob("*/*.png")))]  # label = index: batches show the order
+    pre, dev = Preprocessing(16, 16), select_device("cpu", num_workers=0)
+
+    def epochs(cls, args, extra, batch, shard=None, n=2):
+        batcher = cls(*args, batch, shuffle=True, seed=1, drop_last=True, shard=shard, **extra)
+        return [[y.tolist() for _, y in batcher] for _ in range(n)]
+
+    for cls, args in ((JpegBatches, (items, pre, [False])),
+                      (FeatureBatches, (torch.randn(18, 5), torch.arange(18)))):
+        extra = {"device": dev} if cls is JpegBatches else {}
+        single = epochs(cls, args, extra, 8)
+        split = [epochs(cls, args, extra, 4, shard=(r, 2)) for r in range(2)]
+        for e in range(2):
+            assert [a + b for a, b in zip(split[0][e], split[1][e], strict=True)] == single[e], cls.__name__
