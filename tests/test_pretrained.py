@@ -148,7 +148,7 @@ def test_save_load_round_trip_gives_identical_predictions(strategy, tmp_path, no
     model = xfer.train(data, backbone=LITE, strategy=strategy, image_size=32, val_fraction=0.34,
                        config=TrainConfig(epochs=1, batch_size=8, cache_views=1), device=xfer.select_device("cpu"))
     out = xfer.save_model(model, tmp_path / "model")
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())["xfer"]
     assert cfg["backbone"] == LITE and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     loaded = xfer.load_model(out)
     images = sorted((data / "red").iterdir())[:2] + sorted((data / "blue").iterdir())[:2]

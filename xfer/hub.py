@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import ConfigError, HubError, ModelError, XferError
-from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config,
-                    write_model_folder)
+from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, expected_weight_shapes, load_model,
+                    read_config, write_model_folder)
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,11 @@ def _offline() -> bool:
 
 
 def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
-    """Refuse to publish weights that would not load: compare the safetensors header with the architecture.
+    """Refuse to publish weights that would not load: compare the safetensors header with the network.
 
     Only the header is read and the network is built on the meta device, so this is cheap even for VGG-16.
     """
     from safetensors import SafetensorError, safe_open
-
-    from .nets.strategies import NetworkSpec, build_network
 
     path = folder / WEIGHTS_NAME
     if not path.is_file():
@@ -186,13 +184,13 @@ def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{path} is damaged ({_first_line(e)}): save the model again before pushing it.") from None
-    spec = NetworkSpec.from_dict(cfg["architecture"])
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_network(spec, weights=None).state_dict().items()}
+    expected = expected_weight_shapes(cfg)
     if shapes != expected:
+        net = cfg["network"]
         wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
-        raise ModelError(f"The weights in {folder} do not match its config.json ({spec.backbone}, {spec.strategy}, "
-                         f"{spec.num_classes} classes; first difference: {wrong[0]}): save the model again.")
+        raise ModelError(f"The weights in {folder} do not match its config.json ({net['backbone']}, "
+                         f"{net['strategy']}, {net['num_classes']} classes; first difference: {wrong[0]}): "
+                         "save the model again.")
 
 
 def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> None:
