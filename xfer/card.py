@@ -192,6 +192,9 @@ def usage(hub_id: str, timm: bool) -> list[str]:
     out += ["With xfer installed:", "", "```python", *XFER_SNIPPET.format(model=hub_id).splitlines(), "```", "",
             "Or from the command line:", "", "```bash",
             f"python -m xfer pull {hub_id} --out model", "python -m xfer predict model photo.jpg", "```", "",
+            "For runtimes without PyTorch, `python -m xfer export model --format onnx --out model.onnx` writes one "
+            "ONNX file with the class names and preprocessing in its metadata (`xfer push --with-onnx` uploads it "
+            "as `model.onnx`).", "",
             "A local copy of this folder loads with `xfer.load_model(\"path/to/folder\")`. The weights are in "
             "`model.safetensors` (no pickle); `config.json` holds the class names, the preprocessing and what "
             "xfer needs to rebuild the network (under `\"xfer\"`).", ""]

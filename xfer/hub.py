@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import ConfigError, HubError, ModelError, XferError
+from .export import ONNX_NAME, export_onnx
 from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, expected_weight_shapes, load_model,
                     read_config, write_model_folder)
 
@@ -194,7 +195,7 @@ def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
 
 
 def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> None:
-    """The three files to upload, in ``staging``; the model folder itself is never written to."""
+    """The three model files to upload, in ``staging``; the model folder itself is never written to."""
     from .card import render_card_from_config
 
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -207,11 +208,12 @@ def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> No
 
 
 def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-         commit_message: str | None = None, endpoint: str | None = None) -> PushResult:
+         commit_message: str | None = None, endpoint: str | None = None, with_onnx: bool = False) -> PushResult:
     """Upload a saved model folder to the Hub as one commit; returns the repo URL and the commit id.
 
     Creates ``repo_id`` if needed (``private`` applies only then) and commits exactly
-    ``model.safetensors``, ``config.json`` and a ``README.md`` card naming the repo.
+    ``model.safetensors``, ``config.json`` and a ``README.md`` card naming the repo, plus
+    ``model.onnx`` (:func:`xfer.export.export_onnx`) with ``with_onnx``.
     The local folder is only read. Raises :class:`ModelError` if ``model_dir`` is not a
     valid xfer model and :class:`HubError` for anything the Hub or the network refuses.
     """
@@ -229,11 +231,14 @@ def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, p
     api = HfApi(endpoint=ep, token=token)
     try:
         with tempfile.TemporaryDirectory(prefix="xfer-push-") as staging:
+            if with_onnx:  # before the repo is created: a failed export leaves nothing on the Hub
+                export_onnx(folder, Path(staging) / ONNX_NAME)
             repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             repo_id = repo.repo_id
             _stage(folder, cfg, repo_id, Path(staging))
             info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
-                                     allow_patterns=list(HUB_FILES), commit_message=message)
+                                     allow_patterns=[*HUB_FILES, *([ONNX_NAME] if with_onnx else [])],
+                                     commit_message=message)
     except XferError:
         raise
     except Exception as e:
