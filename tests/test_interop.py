@@ -21,18 +21,29 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
+from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
 from PIL import Image
 
 import xfer
-from xfer.card import TIMM_SNIPPET, TRANSFORMERS_SNIPPET, XFER_SNIPPET, render_card_from_config
+from xfer.card import (
+    TIMM_SNIPPET,
+    TRANSFORMERS_SNIPPET,
+    XFER_SNIPPET,
+    render_card_from_config,
+)
 from xfer.data.transforms import Preprocessing, batch_images
 from xfer.errors import ModelError
-from xfer.model import CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config, save_model
+from xfer.model import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    XferModel,
+    load_model,
+    read_config,
+    save_model,
+)
 from xfer.modelconfig import FORMAT, build_config
 from xfer.nets.strategies import build_network, make_spec
-
-from conftest import ROOT
-from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
 
 SIZE = 64
 CLASSES = ["cat", "dog", "bird"]
@@ -342,7 +353,8 @@ def test_onnx_export_matches_xfer_on_real_images(resnet_head, images: list[Path]
 # --- the model card: metadata and snippets that run ---------------------------------------------------------
 
 
-def test_card_snippets_run_against_the_hub(hub_server, resnet_head, images: list[Path], tmp_path: Path) -> None:
+def test_card_snippets_run_against_the_hub(hub_server, resnet_head, images: list[Path],  # noqa: F811
+                                          tmp_path: Path) -> None:
     """Push with --with-onnx, then run the card's timm, transformers and xfer snippets, as printed, in a fresh
     interpreter pointed at the test Hub: each prints xfer's class names and probabilities."""
     from huggingface_hub import HfApi, ModelCard

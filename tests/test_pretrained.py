@@ -257,7 +257,7 @@ def test_cli_train_without_backbone_says_it_uses_lite0(tmp_path):
                         "--device", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stderr and LITE in r.stderr and "VGG-16" in r.stderr
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"] == LITE
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["xfer"]["backbone"] == LITE
 
 
 @pytest.mark.parametrize("n, crop", [(1, 240), (2, 260)])

@@ -136,7 +136,7 @@ def _check(path: Path, wrapped: nn.Module, size: int) -> None:
         expected = [t.numpy() for t in wrapped(x)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
-    worst = max(float(abs(g - e).max()) for g, e in zip(got, expected))
+    worst = max(float(abs(g - e).max()) for g, e in zip(got, expected, strict=True))
     if not worst <= CHECK_ATOL:
         raise ModelError(f"the exported ONNX model's outputs differ from PyTorch's by {worst:.2g} "
                          f"(more than {CHECK_ATOL}): it was not written.")

@@ -26,7 +26,8 @@ import torch
 from . import __version__
 from .data.transforms import Preprocessing
 from .errors import ConfigError, ModelError, XferError
-from .modelconfig import FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent, validate
+from .modelconfig import (FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent,
+                          validate)
 from .nets.strategies import Classifier, NetworkSpec, build_network
 
 log = logging.getLogger(__name__)
