@@ -119,7 +119,7 @@ def test_upload_train_predict_download(server, data):
     with zipfile.ZipFile(zip_path) as zf:
         names = sorted(Path(n).name for n in zf.namelist())
         assert names == ["README.md", "config.json", "model.safetensors"]
-        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))
+        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))["xfer"]
     assert cfg["backbone"] == "resnet18" and cfg["classes"] == sorted(FIVE_CLASSES)
 
     # Another visitor has their own session: no model there...
@@ -206,7 +206,7 @@ def test_stop_keeps_the_previous_model(server, data):
     after = c.predict(handle_file(str(data["image"])), api_name="/predict")
     assert after == before  # the first model still answers, unchanged
     with zipfile.ZipFile(c.predict(api_name="/download_model")) as zf:
-        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))
+        cfg = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("config.json"))))["xfer"]
     assert cfg["strategy"] == "head" and cfg["training"]["epochs"] == 1  # nothing of the stopped run was saved
     assert "Nothing is training" in c.predict(api_name="/stop")[0]
 

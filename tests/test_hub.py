@@ -214,8 +214,9 @@ def test_missing_repo_and_revision(hub_server: HubServer, trained: dict, tmp_pat
         push(tmp_path, REPO, token=ALICE_TOKEN, endpoint=hub_server.url)  # a folder that is no model
     broken = copy_model(trained["v1"], tmp_path / "broken")
     cfg = json.loads((broken / "config.json").read_text())
-    cfg["classes"] += ["purple"]
-    cfg["num_classes"] = cfg["architecture"]["num_classes"] = 4
+    cfg["xfer"]["classes"] += ["purple"]
+    cfg["xfer"]["num_classes"] = cfg["xfer"]["network"]["num_classes"] = 4
+    cfg["xfer"]["metrics"] = {}  # 3 classes' metrics would be refused first, by the check of the config itself
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(xfer.ModelError, match="do not match its config.json"):
         push(broken, REPO, token=ALICE_TOKEN, endpoint=hub_server.url)  # never publish what cannot load
@@ -235,7 +236,7 @@ def test_card_metadata_offline(trained: dict, monkeypatch: pytest.MonkeyPatch) -
     text = render_card_from_config(cfg, "alice/flowers")
     card = ModelCard(text)
     assert card.data.base_model == "timm/vgg16.tv_in1k" and card.data.datasets == ["tf_flowers"]
-    assert card.data.tags == ["transfer-learning", "vgg16", "head"] and card.data.metrics == ["accuracy"]
+    assert card.data.tags == ["xfer", "transfer-learning", "vgg16", "head"] and card.data.metrics == ["accuracy"]
     result = card.data.eval_results[0]
     assert (result.dataset_type, result.dataset_split, result.metric_value) == ("tf_flowers", "validation", 0.9)
     assert card.data.model_name == "alice/flowers"
@@ -285,11 +286,13 @@ def test_pull_config_disagreeing_with_weights(hub_server: HubServer, trained: di
     cfg = read_config(trained["v1"])
     if change == "classes":
         cfg["classes"] = cfg["classes"] + ["purple"]
-        cfg["num_classes"] = cfg["architecture"]["num_classes"] = 4
+        cfg["num_classes"] = cfg["network"]["num_classes"] = 4
+        cfg["metrics"] = {}
     else:
-        cfg["backbone"] = cfg["architecture"]["backbone"] = "mobilenet_v3_large"
+        cfg["backbone"] = cfg["network"]["backbone"] = "mobilenet_v3_large"
+        cfg["network"]["cut"] = 4  # a valid cut for MobileNetV3 (2 would be too, but say it)
     upload_raw(hub_server, "alice/mismatch", {
-        "config.json": json.dumps(cfg).encode(),
+        "config.json": json.dumps({"xfer": cfg}).encode(),
         "model.safetensors": (trained["v1"] / "model.safetensors").read_bytes(),
     }, tmp_path)
     with pytest.raises(xfer.HubError, match="do not match its config.json") as exc:

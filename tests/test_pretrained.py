@@ -148,7 +148,7 @@ def test_save_load_round_trip_gives_identical_predictions(strategy, tmp_path, no
     model = xfer.train(data, backbone=LITE, strategy=strategy, image_size=32, val_fraction=0.34,
                        config=TrainConfig(epochs=1, batch_size=8, cache_views=1), device=xfer.select_device("cpu"))
     out = xfer.save_model(model, tmp_path / "model")
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())["xfer"]
     assert cfg["backbone"] == LITE and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     loaded = xfer.load_model(out)
     images = sorted((data / "red").iterdir())[:2] + sorted((data / "blue").iterdir())[:2]
@@ -257,7 +257,7 @@ def test_cli_train_without_backbone_says_it_uses_lite0(tmp_path):
                         "--device", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stderr and LITE in r.stderr and "VGG-16" in r.stderr
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"] == LITE
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["xfer"]["backbone"] == LITE
 
 
 @pytest.mark.parametrize("n, crop", [(1, 240), (2, 260)])

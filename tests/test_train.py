@@ -36,9 +36,13 @@ def test_round_trip_gives_identical_predictions(colors, tmp_path):
     model = _train(colors, out=tmp_path / "m")
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert files == ["README.md", "config.json", "model.safetensors"]
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    top = json.loads((tmp_path / "m" / "config.json").read_text())
+    # timm's keys at the top (resnet18/head is a timm model), xfer's description under "xfer".
+    assert top["architecture"] == "resnet18" and top["label_names"] == ["blue", "green", "red"]
+    assert top["pretrained_cfg"]["input_size"] == [3, 32, 32] and top["num_classes"] == 3
+    cfg = top["xfer"]
+    assert cfg["format_version"] == 2 and cfg["weights_layout"] == "timm"
     assert cfg["classes"] == ["blue", "green", "red"]
-    assert cfg["id2label"] == {"0": "blue", "1": "green", "2": "red"} and cfg["label2id"]["red"] == 2
     assert cfg["backbone"] == "resnet18" and cfg["strategy"] == "head" and cfg["image_size"] == 32
     assert cfg["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert cfg["training"]["epochs"] == 3 and "accuracy" in cfg["metrics"]
@@ -163,8 +167,11 @@ def test_load_errors_are_clear(colors, tmp_path):
         xfer.load_model(tmp_path / "empty")
     _train(colors, out=tmp_path / "m", config=TrainConfig(epochs=1, batch_size=8, seed=0))
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg["architecture"]["num_classes"] = 4
-    cfg["classes"].append("purple")
+    cfg["xfer"]["network"]["num_classes"] = cfg["xfer"]["num_classes"] = cfg["num_classes"] = 4
+    cfg["pretrained_cfg"]["num_classes"] = 4
+    cfg["xfer"]["classes"].append("purple")
+    cfg["label_names"].append("purple")
+    cfg["xfer"]["metrics"] = {}  # else the check of the config itself (3 classes' metrics) refuses it first
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="do not match its config.json"):
         xfer.load_model(tmp_path / "m")

@@ -22,6 +22,7 @@ from .engine import CancelFlag, Callback, TrainConfig, evaluate as run_eval, fit
 from .errors import ConfigError, DataError
 from .evaluation import EvalReport, metrics_from_predictions
 from .model import XferModel, save_model
+from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.strategies import STRATEGIES, build_network, make_spec
 from .data.transforms import ImageDataset, batch_images, make_transform
 
@@ -81,9 +82,11 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     """
     config = config or TrainConfig()
     device = device or select_device(distributed.device_name("auto"))
-    if image_size < 16 or image_size > 1024:
-        raise ConfigError(f"image size must be between 16 and 1024 pixels, got {image_size}.")
+    if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
+        raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
+    if len(report.classes) > MAX_CLASSES:  # the bound a saved model's config.json is checked against
+        raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
     train_items, val_items = split_dataset(report, val_fraction, seed=config.seed)
     backbone = backbone or default_backbone()[0]
     weights = None if weights in (None, "none") else weights

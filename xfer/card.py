@@ -5,6 +5,10 @@ base model, dataset, metrics and a ``model-index`` with the validation accuracy)
 Markdown body (classes, strategy and why, training arguments, per-class metrics,
 confusion matrix, how to use it). It is built from ``config.json`` alone, entirely
 offline: the card is never validated against the Hub.
+
+A folder that timm loads as it is (:func:`xfer.modelconfig.timm_loadable`) is carded as
+``library_name: timm`` with an ``xfer`` tag, and its card shows how to use it from timm and
+from transformers too; an xfer-only one (``truncate``) says that only xfer loads it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .modelconfig import description, timm_loadable
 from .nets.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ def _dataset_id(cfg: dict[str, Any]) -> tuple[str, str] | None:
 
 def base_model(cfg: dict[str, Any]) -> str | None:
     """The Hub id of the pretrained weights the model was fine-tuned from, if any is known."""
+    cfg = description(cfg)
     if cfg.get("pretrained_weights") != "imagenet":
         return None  # random ("none") or a user's file: no public base model
     strategy = STRATEGIES.get(cfg.get("strategy", ""))
@@ -64,8 +70,14 @@ def base_model(cfg: dict[str, Any]) -> str | None:
     return BASE_MODELS.get(cfg.get("backbone", ""))
 
 
+#: Above this many classes the card lists the confusion matrix's size instead of a table no one can read.
+MAX_CARD_MATRIX = 30
+
+
 def card_data(cfg: dict[str, Any], repo_id: str | None = None) -> ModelCardData:
-    """The card's YAML metadata, from a model's ``config.json`` content."""
+    """The card's YAML metadata, from a model's ``config.json`` content (either format) or its description."""
+    timm = timm_loadable(cfg)
+    cfg = description(cfg)
     backbone, strategy = cfg.get("backbone", "unknown"), cfg.get("strategy", "unknown")
     metrics = cfg.get("metrics") or {}
     acc = metrics.get("accuracy")
@@ -82,9 +94,9 @@ def card_data(cfg: dict[str, Any], repo_id: str | None = None) -> ModelCardData:
             metric_name="Validation accuracy",
         )]
     return ModelCardData(
-        library_name="xfer",
+        library_name="timm" if timm else "xfer",
         pipeline_tag="image-classification",
-        tags=["transfer-learning", backbone, strategy],
+        tags=["xfer", "transfer-learning", backbone, strategy],
         base_model=base_model(cfg),
         datasets=[known[0]] if known else None,
         metrics=["accuracy"] if has_acc else None,
@@ -94,6 +106,8 @@ def card_data(cfg: dict[str, Any], repo_id: str | None = None) -> ModelCardData:
 
 
 def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
+    timm = timm_loadable(cfg)
+    cfg = description(cfg)
     backbone, strategy = cfg.get("backbone", "?"), cfg.get("strategy", "?")
     classes: list[str] = list(cfg.get("classes") or [])
     s = STRATEGIES.get(strategy)
@@ -132,7 +146,10 @@ def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
                        f"{float(v.get('f1', 0)):.2f} | {int(v.get('support', 0))} |")
         out.append("")
         cm = metrics.get("confusion_matrix")
-        if cm and len(cm) == len(classes):
+        if cm and len(cm) == len(classes) and len(classes) > MAX_CARD_MATRIX:
+            out += [f"The {len(classes)}x{len(classes)} confusion matrix is in `config.json` "
+                    "(`xfer.metrics.confusion_matrix`).", ""]
+        elif cm and len(cm) == len(classes):
             out += ["Confusion matrix (rows: true class, columns: predicted class):", "",
                     "| true \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
                     "|---|" + "---|" * len(classes)]
@@ -150,17 +167,66 @@ def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
                 f"({pre.get('interpolation', 'bilinear')}), normalised with mean {pre.get('mean')} and "
                 f"std {pre.get('std')}.", ""]
 
-    hub_id = repo_id or "<user>/<repo>"
-    out += ["## How to use", "", "With xfer installed:", "", "```python",
-            "import xfer", "import xfer.hub", "",
-            f"model = xfer.hub.pull(\"{hub_id}\")  # downloads config.json + model.safetensors (cached)",
-            "print(xfer.predict(model, [\"photo.jpg\"], k=5))  # [{label: probability, ...}]", "```", "",
+    out += usage(repo_id or "<user>/<repo>", timm)
+    return out
+
+
+def usage(hub_id: str, timm: bool) -> list[str]:
+    """The card's "How to use" section: xfer always; timm and transformers when the folder is timm-loadable.
+
+    Each snippet is run by tests/test_interop.py against a pushed model, as it is printed here.
+    """
+    out = ["## How to use", ""]
+    if timm:
+        out += ["This folder is a timm model (weights in timm's names, preprocessing in `pretrained_cfg`), "
+                "so timm and transformers load it without xfer.", "",
+                "With [timm](https://github.com/huggingface/pytorch-image-models):", "", "```python",
+                *TIMM_SNIPPET.format(model=f"hf-hub:{hub_id}").splitlines(), "```", "",
+                "With transformers (its timm wrapper; needs `timm` installed):", "", "```python",
+                *TRANSFORMERS_SNIPPET.format(model=hub_id).splitlines(), "```", "",
+                "A local copy loads with `timm.create_model(\"local-dir:path/to/folder\", pretrained=True)` "
+                "and `pipeline(\"image-classification\", model=\"path/to/folder\")`.", ""]
+    else:
+        out += ["Only xfer loads this model: its network (kept early stages and new hidden layers, the "
+                "truncate strategy) has no timm equivalent.", ""]
+    out += ["With xfer installed:", "", "```python", *XFER_SNIPPET.format(model=hub_id).splitlines(), "```", "",
             "Or from the command line:", "", "```bash",
             f"python -m xfer pull {hub_id} --out model", "python -m xfer predict model photo.jpg", "```", "",
+            "For runtimes without PyTorch, `python -m xfer export model --format onnx --out model.onnx` writes one "
+            "ONNX file with the class names and preprocessing in its metadata (`xfer push --with-onnx` uploads it "
+            "as `model.onnx`).", "",
             "A local copy of this folder loads with `xfer.load_model(\"path/to/folder\")`. The weights are in "
-            "`model.safetensors` (no pickle); `config.json` holds the architecture, class names and "
-            "preprocessing needed to rebuild the network.", ""]
+            "`model.safetensors` (no pickle); `config.json` holds the class names, the preprocessing and what "
+            "xfer needs to rebuild the network (under `\"xfer\"`).", ""]
     return out
+
+
+#: Usage snippets; ``{model}`` is the Hub repo (``hf-hub:`` prefixed for timm). Kept runnable: see usage().
+TIMM_SNIPPET = """\
+import timm
+import torch
+from PIL import Image
+
+model = timm.create_model("{model}", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+labels = model.pretrained_cfg["label_names"]
+with torch.no_grad():
+    probs = model(transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)[0]
+top = probs.topk(min(5, len(labels)))
+print({{labels[i]: round(float(p), 4) for p, i in zip(top.values, top.indices)}})"""
+
+TRANSFORMERS_SNIPPET = """\
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{model}")
+print(classifier("photo.jpg"))  # [{{'label': ..., 'score': ...}}, ...], best first"""
+
+XFER_SNIPPET = """\
+import xfer
+import xfer.hub
+
+model = xfer.hub.pull("{model}")  # downloads config.json + model.safetensors (cached)
+print(xfer.predict(model, ["photo.jpg"], k=5))  # [{{label: probability, ...}}]"""
 
 
 def render_card_from_config(cfg: dict[str, Any], repo_id: str | None = None) -> str:

@@ -332,7 +332,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .hub import push
 
     result = push(args.model, args.repo_id, token=args.token, private=args.private, commit_message=args.message,
-                  endpoint=args.endpoint)
+                  endpoint=args.endpoint, with_onnx=args.with_onnx)
     if args.json:
         print(json.dumps({"repo_id": args.repo_id, "url": result.url, "commit_id": result.commit_id}))
     else:
@@ -366,6 +366,8 @@ def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--token", default=None, help=token_help)
     ps.add_argument("--message", default=None, help="the commit message")
     ps.add_argument("--endpoint", default=None, help=endpoint_help)
+    ps.add_argument("--with-onnx", action="store_true",
+                    help="also upload model.onnx (the model exported by `xfer export`; needs onnx and onnxscript)")
     ps.add_argument("--json", action="store_true", help="print the URL and commit id as JSON")
 
     pl = sub.add_parser("pull", help="download a model from the Hugging Face Hub into a folder")
@@ -378,3 +380,34 @@ def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
 
 
 EXTENSIONS.append(_add_hub_commands)
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, read_metadata
+
+    out = export_onnx(args.model, args.out)
+    meta = read_metadata(out)
+    if args.json:
+        print(json.dumps({"out": str(out), "format": args.format, "bytes": out.stat().st_size,
+                          "classes": meta["xfer_classes"], "preprocessing": meta["xfer_preprocessing"]}))
+    else:
+        print(f"exported {args.model} to {out} ({args.format}, {out.stat().st_size / 1e6:.1f} MB, "
+              f"{len(meta['xfer_classes'])} classes, dynamic batch; checked against onnxruntime)")
+    return 0
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    from .export import FORMATS
+
+    ex = sub.add_parser("export", help="export a saved model for other runtimes (ONNX)")
+    ex.add_argument("model", type=Path, help="the model folder (`xfer train --out`)")
+    ex.add_argument("--format", choices=FORMATS, default="onnx", help="the file format (onnx)")
+    ex.add_argument("--out", required=True, type=Path, help="the file to write (NAME.onnx; replaced atomically)")
+    ex.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+EXTENSIONS.append(_add_export_command)

@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import ConfigError, HubError, ModelError, XferError
-from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, read_config,
-                    write_model_folder)
+from .export import ONNX_NAME, export_onnx
+from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, expected_weight_shapes, load_model,
+                    read_config, write_model_folder)
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,11 @@ def _offline() -> bool:
 
 
 def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
-    """Refuse to publish weights that would not load: compare the safetensors header with the architecture.
+    """Refuse to publish weights that would not load: compare the safetensors header with the network.
 
     Only the header is read and the network is built on the meta device, so this is cheap even for VGG-16.
     """
     from safetensors import SafetensorError, safe_open
-
-    from .nets.strategies import NetworkSpec, build_network
 
     path = folder / WEIGHTS_NAME
     if not path.is_file():
@@ -186,17 +185,17 @@ def _check_weights(folder: Path, cfg: dict[str, Any]) -> None:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{path} is damaged ({_first_line(e)}): save the model again before pushing it.") from None
-    spec = NetworkSpec.from_dict(cfg["architecture"])
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_network(spec, weights=None).state_dict().items()}
+    expected = expected_weight_shapes(cfg)
     if shapes != expected:
+        net = cfg["network"]
         wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
-        raise ModelError(f"The weights in {folder} do not match its config.json ({spec.backbone}, {spec.strategy}, "
-                         f"{spec.num_classes} classes; first difference: {wrong[0]}): save the model again.")
+        raise ModelError(f"The weights in {folder} do not match its config.json ({net['backbone']}, "
+                         f"{net['strategy']}, {net['num_classes']} classes; first difference: {wrong[0]}): "
+                         "save the model again.")
 
 
 def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> None:
-    """The three files to upload, in ``staging``; the model folder itself is never written to."""
+    """The three model files to upload, in ``staging``; the model folder itself is never written to."""
     from .card import render_card_from_config
 
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -209,11 +208,12 @@ def _stage(folder: Path, cfg: dict[str, Any], repo_id: str, staging: Path) -> No
 
 
 def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-         commit_message: str | None = None, endpoint: str | None = None) -> PushResult:
+         commit_message: str | None = None, endpoint: str | None = None, with_onnx: bool = False) -> PushResult:
     """Upload a saved model folder to the Hub as one commit; returns the repo URL and the commit id.
 
     Creates ``repo_id`` if needed (``private`` applies only then) and commits exactly
-    ``model.safetensors``, ``config.json`` and a ``README.md`` card naming the repo.
+    ``model.safetensors``, ``config.json`` and a ``README.md`` card naming the repo, plus
+    ``model.onnx`` (:func:`xfer.export.export_onnx`) with ``with_onnx``.
     The local folder is only read. Raises :class:`ModelError` if ``model_dir`` is not a
     valid xfer model and :class:`HubError` for anything the Hub or the network refuses.
     """
@@ -231,11 +231,14 @@ def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, p
     api = HfApi(endpoint=ep, token=token)
     try:
         with tempfile.TemporaryDirectory(prefix="xfer-push-") as staging:
+            if with_onnx:  # before the repo is created: a failed export leaves nothing on the Hub
+                export_onnx(folder, Path(staging) / ONNX_NAME)
             repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             repo_id = repo.repo_id
             _stage(folder, cfg, repo_id, Path(staging))
             info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
-                                     allow_patterns=list(HUB_FILES), commit_message=message)
+                                     allow_patterns=[*HUB_FILES, *([ONNX_NAME] if with_onnx else [])],
+                                     commit_message=message)
     except XferError:
         raise
     except Exception as e:

@@ -1,8 +1,11 @@
 """A trained model: the network plus everything needed to use it, and its folder on disk.
 
-The folder holds ``model.safetensors``, ``config.json`` (architecture, class names,
-preprocessing, strategy, training arguments, metrics) and a ``README.md`` model
-card. Loading rebuilds the network from ``config.json`` alone and never unpickles.
+The folder holds ``model.safetensors``, ``config.json`` and a ``README.md`` model card.
+``config.json`` is a timm config (for networks timm builds identically, whose weights are
+then saved in timm's names) with xfer's own description (network, class names,
+preprocessing, training arguments, metrics) under ``"xfer"``: see :mod:`xfer.modelconfig`.
+Loading rebuilds the network from ``config.json`` alone, after checking every field, and
+never unpickles. Folders of the previous format (1) load too.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import torch
 
 from . import __version__
 from .data.transforms import Preprocessing
-from .nets.registry import get_backbone
 from .errors import ConfigError, ModelError, XferError
+from .modelconfig import (FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent,
+                          validate)
 from .nets.strategies import Classifier, NetworkSpec, build_network
 
 log = logging.getLogger(__name__)
@@ -31,8 +35,6 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FORMAT = "xfer-image-classifier"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -71,20 +73,18 @@ class XferModel:
         self.net.to(device)
         return self
 
-    def config(self) -> dict[str, Any]:
-        """The content of config.json."""
+    def description(self) -> dict[str, Any]:
+        """xfer's description of the model: the ``"xfer"`` section of config.json."""
         p = self.preprocessing
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "xfer_version": __version__,
-            "architecture": self.spec.to_dict(),
+            "network": self.spec.to_dict(),
             "backbone": self.spec.backbone,
             "strategy": self.spec.strategy,
             "num_classes": len(self.classes),
             "classes": list(self.classes),
-            "id2label": {str(i): c for i, c in enumerate(self.classes)},
-            "label2id": {c: i for i, c in enumerate(self.classes)},
             "image_size": p.crop_size,
             "preprocessing": {"crop_size": p.crop_size, "resize_size": p.resize_size, "mean": list(p.mean),
                               "std": list(p.std), "interpolation": p.interpolation},
@@ -96,34 +96,78 @@ class XferModel:
             "recommendation": self.recommendation,
         }
 
+    def config(self) -> dict[str, Any]:
+        """The content of config.json (format 2: timm's keys where timm can load it, and ``"xfer"``)."""
+        return build_config(self.description())
+
+    @property
+    def timm_loadable(self) -> bool:
+        """True if the saved folder loads in timm and transformers (see :mod:`xfer.nets.timm_map`)."""
+        return timm_equivalent(self.description()) is not None
+
     @classmethod
     def from_config(cls, cfg: dict[str, Any], net: Classifier) -> "XferModel":
-        p = cfg["preprocessing"]
+        """The model described by config.json content (either format) or a description, around ``net``."""
+        d = description(cfg)
+        p = d["preprocessing"]
         return cls(
             net=net,
-            spec=NetworkSpec.from_dict(cfg["architecture"]),
-            classes=list(cfg["classes"]),
+            spec=NetworkSpec.from_dict(d["network"]),
+            classes=list(d["classes"]),
             preprocessing=Preprocessing(int(p["crop_size"]), int(p["resize_size"]), tuple(p["mean"]),
                                         tuple(p["std"]), p.get("interpolation", "bilinear")),
-            weights=cfg.get("pretrained_weights", "none"),
-            training=cfg.get("training", {}),
-            metrics=cfg.get("metrics", {}),
-            history=cfg.get("history", []),
-            dataset=cfg.get("dataset", {}),
-            recommendation=cfg.get("recommendation"),
+            weights=d.get("pretrained_weights", "none"),
+            training=d.get("training", {}),
+            metrics=d.get("metrics", {}),
+            history=d.get("history", []),
+            dataset=d.get("dataset", {}),
+            recommendation=d.get("recommendation"),
         )
+
+
+def to_file_layout(state: dict[str, torch.Tensor], desc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's state dict under the names ``model.safetensors`` uses for this description."""
+    arch = timm_equivalent(desc) if desc.get("weights_layout") == "timm" else None
+    return arch.to_timm(state) if arch else state
+
+
+def from_file_layout(state: dict[str, torch.Tensor], desc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A ``model.safetensors`` state dict under xfer's names (timm's renamed back when the folder has them).
+
+    Raises ValueError when the tensors cannot be the timm network the description names.
+    """
+    if desc.get("weights_layout") != "timm":
+        return state
+    arch = timm_equivalent(desc)
+    try:
+        return arch.from_timm(state)
+    except (KeyError, RuntimeError) as e:  # a stray name; a tensor that cannot take the layer's shape
+        raise ValueError(f"they are not the timm {arch.name} it names ({str(e)[:150]})") from None
+
+
+def expected_weight_shapes(desc: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes ``model.safetensors`` must hold for a (validated) description.
+
+    The network is built on the meta device: no memory, no initialisation, even for VGG-16.
+    """
+    spec = NetworkSpec.from_dict(desc["network"])
+    with torch.device("meta"):
+        state = build_network(spec, weights=None).state_dict()
+        return {k: tuple(v.shape) for k, v in to_file_layout(state, desc).items()}
 
 
 def _write_files(model: XferModel, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from .card import render_card
+    from .card import render_card_from_config
 
+    config = model.config()
     # Tensors may share storage or be non-contiguous (channels_last); safetensors needs neither.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+    state = to_file_layout({k: v.detach().to("cpu") for k, v in model.net.state_dict().items()}, config["xfer"])
+    state = {k: v.contiguous().clone() for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "xfer": FORMAT})
-    (folder / CONFIG_NAME).write_text(json.dumps(model.config(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / CARD_NAME).write_text(render_card(model), encoding="utf-8")
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / CARD_NAME).write_text(render_card_from_config(config), encoding="utf-8")
 
 
 def _recover_interrupted_save(out: Path) -> None:
@@ -203,31 +247,25 @@ def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a model folder's config.json."""
+    """Read a model folder's config.json, check every field, and return xfer's description of the model.
+
+    The description is format 2's ``"xfer"`` section (a format-1 file's keys, converted: see
+    :func:`xfer.modelconfig.description`). Raises :class:`ModelError` with one line naming the
+    field that is missing, out of bounds or inconsistent (:func:`xfer.modelconfig.validate`).
+    """
     folder = Path(folder)
     path = folder / CONFIG_NAME
     if not folder.is_dir():
         raise ModelError(f"{folder} is not a folder: give the folder that `xfer train --out` wrote.")
     if not path.is_file():
         raise ModelError(f"{folder} has no {CONFIG_NAME}: it is not an xfer model folder.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024**2} MB: it is not an xfer model config.")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON ({e}).") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ModelError(f"{path} is not an xfer model config (no \"format\": \"{FORMAT}\").")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{folder} was saved by a newer xfer (format {cfg['format_version']}): upgrade xfer.")
-    try:
-        arch = NetworkSpec.from_dict(cfg["architecture"])
-        classes = cfg["classes"]
-        cfg["preprocessing"]["mean"], cfg["preprocessing"]["std"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"{path} is incomplete (missing {e}).") from None
-    if not isinstance(classes, list) or len(classes) != arch.num_classes:
-        raise ModelError(f"{path}: {len(classes)} class names but num_classes is {arch.num_classes}.")
-    get_backbone(arch.backbone)  # an unknown backbone is a clear ConfigError
-    return cfg
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{path} is not valid JSON ({str(e)[:200]}).") from None
+    return validate(cfg, str(path))
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -255,9 +293,13 @@ def load_model(folder: str | os.PathLike, device: torch.device | str = "cpu") ->
     """Rebuild a saved model from its folder (config.json + model.safetensors)."""
     folder = Path(folder).expanduser()
     _recover_interrupted_save(folder.absolute())
-    cfg = read_config(folder)
-    spec = NetworkSpec.from_dict(cfg["architecture"])
+    desc = read_config(folder)
+    spec = NetworkSpec.from_dict(desc["network"])
     state = _read_weights(folder)
+    try:
+        state = from_file_layout(state, desc)
+    except ValueError as e:
+        raise ModelError(f"The weights in {folder} do not match its config.json: {e}.") from None
     # Build on the meta device: no time is spent initialising weights that are replaced anyway.
     with torch.device("meta"):
         net = build_network(spec, weights=None)
@@ -273,7 +315,7 @@ def load_model(folder: str | os.PathLike, device: torch.device | str = "cpu") ->
     if any(p.is_meta for p in net.parameters()) or any(b.is_meta for b in net.buffers()):
         raise ModelError(f"The weights in {folder} are incomplete for {spec.backbone}.")
     net.to(device).eval()
-    return XferModel.from_config(cfg, net)
+    return XferModel.from_config(desc, net)
 
 
 def _first_mismatch(message: str) -> str:
@@ -284,4 +326,4 @@ def _first_mismatch(message: str) -> str:
     return message.strip().splitlines()[0][:200] if message.strip() else "mismatch"
 
 
-__all__ = ["XferModel", "save_model", "load_model", "read_config", "XferError"]
+__all__ = ["XferModel", "expected_weight_shapes", "save_model", "load_model", "read_config", "XferError"]
