@@ -114,7 +114,7 @@ def test_torchrun_trains_one_model_on_disjoint_halves(tmp_path):
     assert r.stderr.count("epoch 1:") == 1 and r.stderr.count("saved to") == 1  # rank 0 alone reports
     assert "2 processes (torchrun): batch 4 per process, 8 per step" in r.stderr
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]  # one model, no temporaries
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())["xfer"]
     assert cfg["training"]["world_size"] == 2 and cfg["training"]["batch_size"] == 4
     assert len(cfg["history"]) == 2 and sum(map(sum, cfg["metrics"]["confusion_matrix"])) == 6  # whole val set
     assert_disjoint_halves(records(rec), epochs=2, steps=2, batch=4, n_train=18)
