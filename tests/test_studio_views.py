@@ -6,17 +6,16 @@ import copy
 import os
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 import xfer
-from xfer.studio import session, views
 from xfer.data import extract_zip, scan_folder
 from xfer.engine import EpochStats, Progress
 from xfer.errors import DataError, ModelError
+from xfer.studio import session, views
 
 
 def test_session_copies_are_fresh_and_private(tmp_path, monkeypatch):
@@ -40,7 +39,7 @@ def test_session_copies_are_fresh_and_private(tmp_path, monkeypatch):
 def test_cleanup_stale_sessions(tmp_path, monkeypatch):
     monkeypatch.setenv("XFER_CACHE_DIR", str(tmp_path))
     old, new = session.Session(), session.Session()
-    old.workdir, new.workdir
+    _ = old.workdir, new.workdir  # made (and dated) now
     past = time.time() - 3 * 24 * 3600
     os.utime(old.workdir, (past, past))
     assert session.cleanup_stale_sessions(max_age_s=24 * 3600) == 1
@@ -50,11 +49,11 @@ def test_cleanup_stale_sessions(tmp_path, monkeypatch):
     stale.mkdir()
     os.utime(stale, (past, past))
     monkeypatch.setattr(session, "_LAST_CLEANUP", [time.monotonic() - session.CLEANUP_EVERY_S - 1])
-    session.Session().workdir
+    _ = session.Session().workdir
     assert not stale.exists() and new.workdir.exists()
     stale.mkdir()
     os.utime(stale, (past, past))
-    session.Session().workdir  # within the hour: left for the next round
+    _ = session.Session().workdir  # within the hour: left for the next round
     assert stale.exists()
 
 
