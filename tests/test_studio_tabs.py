@@ -120,6 +120,14 @@ def test_stop_keeps_the_previous_model(session, colors_zip):
     assert last[1].startswith("**Training was stopped.**")
     assert session.model is first and (session.trained_model_dir / "model.safetensors").read_bytes() == first_files
 
+    # The page's Stop also cancels the training event: its generator may be closed before on_stop runs.
+    updates = train.on_train(session, "resnet18", "finetune", 50, 1e-3, 4, 32, True, False, 0)
+    while "epoch" not in str(next(updates)[0]):
+        pass
+    updates.close()
+    assert train.on_stop(session)[0].startswith("**Training was stopped.**")
+    assert session.model is first and not session.training
+
 
 def test_failures_are_one_line_messages(session, colors_zip):
     data.on_upload_zip(session, str(colors_zip))

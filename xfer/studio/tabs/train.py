@@ -176,7 +176,9 @@ def stopped_text(session: Session) -> str:
 def on_stop(session: Session) -> tuple:
     """(status, progress bar): waits for the run to end after its current batch."""
     run = session.run
-    if run is None or not run.running:
+    # A run already asked to stop still gets its answer: the click's `cancels` may have closed the training
+    # generator (which stops the run) before this handler started.
+    if run is None or not (run.running or run.stopping):
         return "Nothing is training right now.", skip()
     outcome = run.stop(wait=True, timeout=STOP_WAIT_S)
     if isinstance(outcome, Done):
