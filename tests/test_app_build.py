@@ -1,24 +1,25 @@
-"""app.py without a server: what importing it does, how it is wired, how errors are shown."""
+"""app.py and xfer.studio without a server: what importing does, how the app is wired, how errors are shown."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 
 import gradio as gr
 import pytest
-
-import xfer
 from app_server import ROOT
 
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402
+import xfer
+from xfer import studio
+from xfer.studio.errors import ui_errors
+from xfer.studio.tabs import predict
 
 
 def test_import_does_nothing_heavy(tmp_path):
     # No device choice, no dataset scan, no folder: just definitions.
-    code = ("import sys, app, os; assert 'xfer.explain' not in sys.modules; "
+    code = ("import sys, app, os; assert 'xfer.explain' not in sys.modules and 'xfer.studio' in sys.modules; "
             "print(sorted(os.listdir(os.environ['XFER_CACHE_DIR'])))")
     (tmp_path / "cache").mkdir()
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -32,7 +33,7 @@ def _deps(demo: gr.Blocks) -> dict[str, dict]:
 
 
 def test_wiring_and_queue_settings():
-    demo = app.build_demo(xfer.select_device("cpu"), app.AppDefaults(backbone="resnet18", image_size=64),
+    demo = studio.build_demo(xfer.select_device("cpu"), studio.AppDefaults(backbone="resnet18", image_size=64),
                           max_train_jobs=2)
     deps = _deps(demo)
     assert {"use_flowers", "upload_zip", "add_images", "clear_classes", "recommend", "train", "stop", "evaluate",
@@ -54,7 +55,7 @@ def test_wiring_and_queue_settings():
 
 
 def test_defaults_follow_the_device():
-    cpu = app.build_demo(xfer.select_device("cpu"))
+    cpu = studio.build_demo(xfer.select_device("cpu"))
     by_id = {b.elem_id: b for b in cpu.blocks.values() if getattr(b, "elem_id", None)}
     assert by_id["max-per-class"].value == 100  # a first run on a CPU finishes in minutes
     name, note = xfer.default_backbone()
@@ -65,15 +66,15 @@ def test_defaults_follow_the_device():
 
 
 def test_errors_become_one_line_messages(caplog):
-    @app.ui_errors
+    @ui_errors
     def user_mistake():
         raise xfer.DataError("x.zip is not a zip archive: upload a .zip of one folder per class.")
 
-    @app.ui_errors
+    @ui_errors
     def bug():
         raise KeyError("oops")
 
-    @app.ui_errors
+    @ui_errors
     def gen():
         yield 1
         raise xfer.WeightsError("Could not download vgg16's ImageNet weights.")
@@ -95,9 +96,9 @@ def test_errors_become_one_line_messages(caplog):
 def test_command_line(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
-    args = app.parse_args([])
+    args = studio.parse_args([])
     assert (args.host, args.port, args.share, args.max_train_jobs) == ("0.0.0.0", 7999, False, 1)
-    args = app.parse_args(["--host", "127.0.0.1", "--port", "8000", "--share", "--max-train-jobs", "3",
+    args = studio.parse_args(["--host", "127.0.0.1", "--port", "8000", "--share", "--max-train-jobs", "3",
                            "--default-weights", "none", "--default-max-per-class", "0"])
     assert (args.host, args.port, args.share, args.max_train_jobs) == ("127.0.0.1", 8000, True, 3)
     assert args.default_weights == "none" and args.default_max_per_class == 0
@@ -105,8 +106,14 @@ def test_command_line(monkeypatch):
 
 def test_server_paths_can_be_turned_off(tmp_path):
     # On a public deployment, visitors must not be able to load (probe) arbitrary server folders.
-    demo = app.build_demo(xfer.select_device("cpu"), app.AppDefaults(backbone="resnet18"), allow_server_paths=False)
-    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    demo = studio.build_demo(xfer.select_device("cpu"), studio.AppDefaults(backbone="resnet18"), allow_server_paths=False)
+    state = next(b for b in demo.blocks.values() if isinstance(b, gr.State))
+    visitor = copy.deepcopy(state.value)  # what a visitor's session starts as
     with pytest.raises(gr.Error, match="turned off"):
-        fns["load_model_dir"].fn(app.ui.Session(), str(tmp_path))
-    assert app.parse_args(["--host", "0.0.0.0"]).allow_server_paths == "auto"
+        predict.on_load_model_dir(visitor, str(tmp_path))
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    column = by_id["model-dir"]
+    while not isinstance(column, gr.Column):
+        column = column.parent
+    assert column.visible is False  # and the page does not offer it
+    assert studio.parse_args(["--host", "0.0.0.0"]).allow_server_paths == "auto"

@@ -85,13 +85,10 @@ def wait_until_training(job, timeout: float = 180) -> None:
 
 
 def app_settings() -> dict:
-    """Per-event concurrency as app.py builds it (the queue's own settings are in app.main)."""
-    import sys
+    """Per-event concurrency as xfer.studio builds it (the queue's own settings are in xfer.studio.launch)."""
+    from xfer import studio
 
-    sys.path.insert(0, str(ROOT))
-    import app
-
-    demo = app.build_demo(xfer.select_device("cpu"), app.AppDefaults(backbone="resnet18", weights="none"))
+    demo = studio.build_demo(xfer.select_device("cpu"), studio.AppDefaults(backbone="resnet18", weights="none"))
     return {fn.api_name: {"concurrency_id": fn.concurrency_id, "concurrency_limit": fn.concurrency_limit}
             for fn in demo.fns.values() if fn.api_name in {"train", "evaluate", "predict", "explain", "stop",
                                                            "upload_zip", "push", "pull"}}
@@ -154,7 +151,7 @@ def test_20_predictions_while_a_model_trains(server, work):
         "during": "resnet18 finetune training at 128 px (another visitor), 2 CPU threads",
         "latency_includes": "gradio_client upload of a 40x40 PNG + queue wait + predict",
         "app_event_settings": app_settings(),
-        "queue": "demo.queue(default_concurrency_limit=2, max_size=64) in app.main",
+        "queue": "demo.queue(default_concurrency_limit=2, max_size=64) in xfer.studio.launch",
     }
     print(f"\n{N_PREDICTORS} concurrent predictions during training: p50 {figures['p50_s']:.2f} s, "
           f"p95 {figures['p95_s']:.2f} s, max {figures['max_s']:.2f} s (idle single request "

@@ -13,7 +13,7 @@ import xfer
 from tests.conftest import make_color_dataset
 from xfer import Cancelled, ModelError, TrainConfig
 from xfer.data import scan_folder
-from xfer.engine import EpochStats, Progress, make_optimizer, stream
+from xfer.engine import EpochStats, Progress, make_optimizer
 from xfer.nets.strategies import build_network, make_spec
 from xfer.evaluation import metrics_from_predictions
 
@@ -124,15 +124,6 @@ def test_best_epoch_is_kept_and_early_stopping(colors):
     assert model.training["stopped_early"] and len(hist) < 30
     first_best = min(h["epoch"] for h in hist if h["val_accuracy"] == hist[best]["val_accuracy"])
     assert len(hist) - first_best == 2  # patience: epochs without a better accuracy
-
-
-def test_stream_yields_events_then_result(colors):
-    items = list(stream(_train, colors, config=TrainConfig(epochs=1, batch_size=8, seed=0)))
-    assert any(isinstance(i, Progress) for i in items)
-    kind, model = items[-1]
-    assert kind == "done" and isinstance(model, xfer.XferModel)
-    kind, err = list(stream(_train, colors, config=TrainConfig(epochs=0)))[-1]
-    assert kind == "error" and isinstance(err, xfer.ConfigError)
 
 
 def test_failed_save_leaves_previous_model(colors, tmp_path, monkeypatch):

@@ -31,12 +31,13 @@ from .errors import (Cancelled, ConfigError, DataError, HubError, ModelError, We
 from .evaluation import EvalReport  # noqa: E402
 from .model import XferModel, load_model, save_model  # noqa: E402
 from .nets.strategies import STRATEGIES, get_strategy  # noqa: E402
+from .run import Done, Failed, TrainingRun  # noqa: E402
 from . import hub  # noqa: E402  (push/pull; imports huggingface_hub only when called)
 
 __all__ = [
-    "Cancelled", "ConfigError", "DataError", "DatasetReport", "DeviceInfo", "EpochStats", "EvalReport",
-    "HubError", "hub", "ModelError", "Progress", "Recommendation", "STRATEGIES", "TrainConfig", "WeightsError",
-    "XferError", "XferModel", "default_backbone", "evaluate", "fit", "get_backbone", "get_strategy",
+    "Cancelled", "ConfigError", "DataError", "DatasetReport", "DeviceInfo", "Done", "EpochStats", "EvalReport",
+    "Failed", "HubError", "hub", "ModelError", "Progress", "Recommendation", "STRATEGIES", "TrainConfig",
+    "TrainingRun", "WeightsError", "XferError", "XferModel", "default_backbone", "evaluate", "fit", "get_backbone", "get_strategy",
     "list_backbones", "load_dataset", "load_model", "open_image", "predict", "predict_proba",
     "pretrained_available", "recommend", "save_model", "select_device", "split_dataset", "train",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -84,12 +85,26 @@ def _quiet(quiet: bool):
         yield
 
 
+def _run(run, printer: ProgressPrinter):
+    """Print a training run's events; its model, or its error raised here (Ctrl-C stops the run)."""
+    from .run import Done, Failed
+
+    for event in run:
+        if isinstance(event, Done):
+            return event.model
+        if isinstance(event, Failed):
+            raise event.error
+        printer(event)
+    raise AssertionError("a training run ends with Done or Failed")
+
+
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .api import default_backbone, train
     from .device import configure_runtime, select_device
     from .engine import TrainConfig
+    from .run import TrainingRun
 
     # Under torchrun, "auto"/"cuda" is this process's own GPU, cuda:LOCAL_RANK.
     device = select_device(distributed.device_name(args.device), num_workers=args.workers, decode=args.decode,
@@ -109,10 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                              weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                              augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,
                              seed=args.seed, compile=args.compile)
-        model = train(report, backbone=backbone, strategy=args.strategy, weights=args.weights,
-                      image_size=args.image_size, val_fraction=args.val_fraction, config=config, device=device,
-                      cut=args.cut, reinit=args.reinit, frozen_stages=args.frozen_stages, out=args.out,
-                      callback=ProgressPrinter())
+        job = functools.partial(train, report, backbone=backbone, strategy=args.strategy, weights=args.weights,
+                                image_size=args.image_size, val_fraction=args.val_fraction, config=config,
+                                device=device, cut=args.cut, reinit=args.reinit, frozen_stages=args.frozen_stages,
+                                out=args.out)
+        model = _run(TrainingRun(job), ProgressPrinter())
         if model.recommendation:
             print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
         print(model.evaluation.summary(), file=sys.stderr)

@@ -1,8 +1,8 @@
 """The training loop: small functions composed by :func:`fit`.
 
 ``fit`` reports progress through a callback (per batch :class:`Progress`, per epoch
-:class:`EpochStats`) and checks a cancel flag between batches, so a UI can stream
-it without owning the loop. A frozen body is run once per image and the new head
+:class:`EpochStats`) and checks a cancel flag between batches, so that a
+:class:`xfer.TrainingRun` can run it in a thread and stream it. A frozen body is run once per image and the new head
 is trained on the cached features. Frozen layers run with their batch norms folded
 into the convolutions during training passes (:mod:`xfer.nets.fold`), never in evaluation.
 """
@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -491,30 +491,3 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     # Back to the default layout, so that this net and one loaded from disk compute identically.
     net.to(memory_format=torch.contiguous_format).eval()
     return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, stopped_early, best_out)
-
-
-def stream(fn: Callable[..., object], *args, **kwargs) -> Iterator[object]:
-    """Run ``fn(*args, callback=..., **kwargs)`` in a thread and yield its callback events.
-
-    The last item yielded is ``("done", result)`` or ``("error", exception)``. Lets a
-    UI (or any consumer) iterate over training without owning the loop.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            q.put(("done", fn(*args, callback=q.put, **kwargs)))
-        except BaseException as e:  # delivered to the consumer, which decides
-            q.put(("error", e))
-
-    thread = threading.Thread(target=run, daemon=True, name="xfer-fit")
-    thread.start()
-    while True:
-        item = q.get()
-        yield item
-        if isinstance(item, tuple) and len(item) == 2 and item[0] in ("done", "error"):
-            thread.join()
-            return

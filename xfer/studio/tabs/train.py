@@ -1,0 +1,296 @@
+"""2 · Train: backbone, strategy (the advisor's pick pre-selected), settings, the run's progress and curves."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple
+
+import gradio as gr
+
+from ...advisor import recommend
+from ...api import train
+from ...data import DatasetReport, check_trainable
+from ...engine import EpochStats, Progress, TrainConfig
+from ...errors import XferError
+from ...model import XferModel, save_model
+from ...nets.registry import get_backbone, list_backbones, pretrained_available
+from ...run import Done, Failed, TrainingRun
+from .. import views
+from ..errors import as_gr_error, fail, ui_errors
+from ..session import AppConfig, Session, cap_per_class
+from . import PRIVATE, skip
+from .evaluate import eval_values
+from .predict import ModelValues
+
+PROGRESS_EVERY_S = 0.4  # how often the training progress is pushed to the browser
+STOP_WAIT_S = 180  # how long Stop waits for the current batch to finish before answering
+KEEP = object()  # in train_update: this output stays as it is
+
+
+class RecValues(NamedTuple):
+    strategy: Any
+    strategy_md: Any
+    lr: Any
+    advisor: str
+
+
+def train_update(progress: Any = KEEP, status: Any = KEEP, loss: Any = KEEP, acc: Any = KEEP,
+                 model: ModelValues | None = None) -> tuple:
+    """One update of ``train_outputs`` (see build_demo): this tab's four outputs, then the :class:`ModelValues`.
+
+    KEEP (and a missing ``model``) leave those outputs as they are."""
+    own = tuple(skip() if v is KEEP else v for v in (progress, status, loss, acc))
+    return (*own, *(model if model is not None else (skip() for _ in ModelValues._fields)))
+
+
+# --- handlers: the advisor, the strategy, the backbone -----------------------------------------------
+
+
+@ui_errors
+def on_recommend(session: Session, max_per_class: float | None) -> RecValues:
+    if session.report is None or len(session.report.classes) < 2:
+        return RecValues(skip(), skip(), skip(), views.recommendation_markdown(None))
+    report = cap_per_class(session.report, int(max_per_class or 0))
+    try:
+        measured = session.similarity
+        rec = recommend(report, similarity="measure" if isinstance(measured, str) else measured,
+                        device=session.config.device)
+    except XferError as e:  # the advice is optional: say why there is none, keep going
+        return RecValues(skip(), skip(), skip(),
+                         f"The advisor could not measure your images ({e}); choose a strategy yourself.")
+    session.similarity = rec.measurement  # None: nothing could be measured; not measured again
+    return RecValues(rec.strategy, views.strategy_markdown(rec.strategy),
+                     views.strategy_lr(rec.strategy, session.config.defaults.lr), views.recommendation_markdown(rec))
+
+
+def on_strategy(session: Session, name: str) -> tuple[str, float]:
+    """The strategy's explanation and learning rate."""
+    return views.strategy_markdown(name), views.strategy_lr(name, session.config.defaults.lr)
+
+
+def weights_note(config: AppConfig, name: str, pretrained: bool) -> str:
+    """Why this backbone was the default, and whether its ImageNet weights must be downloaded first."""
+    lines = [f"Note: {config.backbone_note}"] if config.backbone_note and name == config.defaults.backbone else []
+    try:
+        ok = pretrained_available(name)
+    except XferError:
+        ok = False
+    if pretrained and not ok:
+        lines.append(f"Note: {name}'s ImageNet weights are not on this machine yet: they are downloaded when "
+                     "training starts (needs internet), or untick \"Start from ImageNet weights\" "
+                     "(much less accurate).")
+    return "\n\n".join(lines)
+
+
+def on_backbone(session: Session, name: str, pretrained: bool) -> str:
+    return weights_note(session.config, name, pretrained)
+
+
+# --- handlers: a training run ---------------------------------------------------------------------
+
+
+def _commit(session: Session, model: XferModel) -> None:
+    # In the run's thread, only when the run finished and nobody pressed Stop: the model that was
+    # predicting stays until this one is saved.
+    save_model(model, session.trained_model_dir)
+    session.use_model(model, session.trained_model_dir, "the model you just trained")
+
+
+def start_run(session: Session, backbone: str, strategy_name: str, epochs: float, lr: float, batch_size: float,
+              image_size: float, augment: bool, pretrained: bool, max_per_class: float | None
+              ) -> tuple[TrainingRun, DatasetReport]:
+    """Check the inputs, start this session's training run (it commits its model on success); returns it and
+    the dataset it trains on."""
+    if session.report is None:
+        raise fail("There is no dataset yet: load one in 1 · Data first.")
+    if session.training:
+        raise fail("A training run is already going on in this session: wait for it or press Stop.")
+    report = cap_per_class(session.report, int(max_per_class or 0))
+    check_trainable(report)
+    config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), augment=bool(augment))
+    config.validate()
+    job = functools.partial(train, report, backbone=backbone, strategy=strategy_name,
+                            weights="imagenet" if pretrained else None, image_size=int(image_size),
+                            config=config, device=session.config.device)
+    session.run = TrainingRun(job, commit=functools.partial(_commit, session), name=f"xfer-train-{session.id[:8]}")
+    return session.run.start(), report
+
+
+def _done_update(session: Session, model: XferModel, seconds: float) -> tuple:
+    m, device = model.metrics, session.config.device
+    status = (f"**Done: validation accuracy {m['accuracy']:.1%}** (best epoch {model.training.get('best_epoch')} "
+              f"of {len(model.history)}). The model is saved and ready: see **3 · Evaluate**, try it in "
+              "**4 · Predict**, download it in **5 · Share**.")
+    loss, acc = views.history_frames(model.history)
+    model_values = ModelValues(views.model_markdown(model, session.model_source), skip(), skip(), None,
+                               *eval_values(m, model.evaluation))
+    return train_update(views.progress_html(1.0, f"Done in {views.format_duration(seconds)} on {device.name}.",
+                                            "done"), status, loss, acc, model_values)
+
+
+@ui_errors
+def on_train(session: Session, backbone: str, strategy_name: str, epochs: float, lr: float, batch_size: float,
+             image_size: float, augment: bool, pretrained: bool, max_per_class: float | None) -> Iterator[tuple]:
+    """Start a run with the Train tab's settings and stream :func:`train_update` tuples until it ends."""
+    run, report = start_run(session, backbone, strategy_name, epochs, lr, batch_size, image_size, augment,
+                            pretrained, max_per_class)
+    try:
+        yield train_update(views.progress_html(0.0, f"Starting on {session.config.device.name}: {report.num_images} "
+                                                    "images…"),
+                           f"Training {backbone} with the **{strategy_name}** strategy on {report.num_images} images "
+                           f"({len(report.classes)} classes)…", None, None)
+        history: list[EpochStats] = []
+        last, started = 0.0, time.perf_counter()
+        for event in run:
+            if isinstance(event, Progress):
+                now = time.perf_counter()
+                if now - last >= PROGRESS_EVERY_S or event.fraction >= 1.0:
+                    last = now
+                    yield train_update(views.progress_html(event.fraction, views.progress_text(event)))
+            elif isinstance(event, EpochStats):
+                history.append(event)
+                yield train_update(KEEP, KEEP, *views.history_frames(history))
+            elif isinstance(event, Done):
+                yield _done_update(session, event.model, time.perf_counter() - started)
+            elif isinstance(event, Failed) and event.stopped:
+                gr.Warning("Training stopped. The previous model is still used.")
+                yield train_update(views.progress_html(run.progress, "Stopped.", "stopped"), stopped_text(session))
+            elif isinstance(event, Failed):
+                failure = as_gr_error(event.error)
+                yield train_update(views.progress_html(run.progress, "Failed.", "failed"),
+                                   f"**Training failed:** {failure.message}")
+                raise failure
+    finally:
+        if run.running:  # the visitor left or the page cancelled the run: stop the thread too
+            run.stop(wait=False)
+
+
+def stopped_text(session: Session) -> str:
+    keep = ("The previous model is still used for predictions." if session.model is not None
+            else "There is no trained model yet.")
+    return f"**Training was stopped.** Nothing was saved from that run. {keep}"
+
+
+def on_stop(session: Session) -> tuple:
+    """(status, progress bar): waits for the run to end after its current batch."""
+    run = session.run
+    # A run already asked to stop still gets its answer: the click's `cancels` may have closed the training
+    # generator (which stops the run) before this handler started.
+    if run is None or not (run.running or run.stopping):
+        return "Nothing is training right now.", skip()
+    outcome = run.stop(wait=True, timeout=STOP_WAIT_S)
+    if isinstance(outcome, Done):
+        return "The run had already finished before Stop: its model is used.", skip()
+    return stopped_text(session), views.progress_html(run.progress, "Stopped.", "stopped")
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainTab:
+    backbone: gr.Dropdown
+    backbone_note: gr.Markdown
+    advisor: gr.Markdown
+    strategy: gr.Radio
+    strategy_md: gr.Markdown
+    epochs: gr.Slider
+    image_size: gr.Slider
+    lr: gr.Number
+    batch_size: gr.Number
+    max_per_class: gr.Number
+    augment: gr.Checkbox
+    pretrained: gr.Checkbox
+    train_btn: gr.Button
+    stop_btn: gr.Button
+    progress: gr.HTML
+    status: gr.Markdown
+    loss_plot: gr.LinePlot
+    acc_plot: gr.LinePlot
+    next_btn: gr.Button
+
+    @property
+    def settings(self) -> list:
+        """The inputs of :func:`on_train` after the session, in its order."""
+        return [self.backbone, self.strategy, self.epochs, self.lr, self.batch_size, self.image_size, self.augment,
+                self.pretrained, self.max_per_class]
+
+
+def _backbone_choices(default: str) -> list[tuple[str, str]]:
+    names = list_backbones()
+    if default not in names:
+        names.insert(0, default)
+
+    def label(name: str) -> str:
+        try:
+            return get_backbone(name).title
+        except XferError:
+            return name
+
+    return [(label(b), b) for b in names]
+
+
+def _choices(config: AppConfig) -> tuple:
+    """The network and strategy column."""
+    d = config.defaults
+    backbone = gr.Dropdown(_backbone_choices(d.backbone), value=d.backbone, label="Pretrained network (backbone)",
+                           elem_id="backbone")
+    backbone_note = gr.Markdown(weights_note(config, d.backbone, d.weights != "none"), elem_id="backbone-note")
+    advisor = gr.Markdown(views.recommendation_markdown(None), elem_id="advisor")
+    strategy = gr.Radio(views.strategy_choices(), value="head", label="Strategy", elem_id="strategy")
+    strategy_md = gr.Markdown(views.strategy_markdown("head"), elem_id="strategy-explanation")
+    return backbone, backbone_note, advisor, strategy, strategy_md
+
+
+def _settings(config: AppConfig) -> tuple:
+    """The settings column: epochs, image size, learning rate, batch size, images per class, augment, weights."""
+    d = config.defaults
+    with gr.Accordion("Settings", open=True):
+        epochs = gr.Slider(1, 50, value=d.epochs, step=1, label="Epochs", elem_id="epochs")
+        image_size = gr.Slider(32, 512, value=d.image_size, step=16, label="Image size (pixels)",
+                               elem_id="image-size")
+        with gr.Row():
+            lr = gr.Number(value=views.strategy_lr("head", d.lr), label="Learning rate", minimum=1e-6, elem_id="lr")
+            batch_size = gr.Number(value=d.batch_size, label="Batch size", precision=0, minimum=1, maximum=1024,
+                                   elem_id="batch-size")
+        max_per_class = gr.Number(value=config.max_per_class, precision=0, minimum=0, elem_id="max-per-class",
+                                  label="Use at most this many images per class (0 = all)",
+                                  info="A quick first run on a CPU; raise it or set 0 for the best accuracy.")
+        with gr.Row():
+            augment = gr.Checkbox(value=True, label="Augment (random crops and flips)", elem_id="augment")
+            pretrained = gr.Checkbox(value=d.weights != "none", label="Start from ImageNet weights",
+                                     elem_id="pretrained")
+    return epochs, image_size, lr, batch_size, max_per_class, augment, pretrained
+
+
+def build(config: AppConfig) -> TrainTab:
+    with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
+        gr.Markdown(f"Training runs on **{config.device.name}**.", elem_id="device-info")
+        with gr.Row():
+            with gr.Column(scale=3):
+                choices = _choices(config)
+            with gr.Column(scale=2):
+                settings = _settings(config)
+        with gr.Row():
+            train_btn = gr.Button("▶ Train", variant="primary", elem_id="train-btn", scale=3)
+            stop_btn = gr.Button("■ Stop", variant="stop", elem_id="stop-btn", scale=1)
+        progress = gr.HTML(views.progress_html(0.0, "Not started."), elem_id="train-progress")
+        status = gr.Markdown("Load a dataset in **1 · Data**, then press **Train**.", elem_id="train-status")
+        with gr.Row():
+            # Start empty (None), never with an empty frame: Gradio's line plot takes its colour
+            # domain from the first data it draws, so the first data must hold both series.
+            loss_plot = gr.LinePlot(None, x="epoch", y="loss", color="series", title="Loss (lower is better)",
+                                    elem_id="loss-plot", height=240)
+            acc_plot = gr.LinePlot(None, x="epoch", y="accuracy", color="series",
+                                   title="Accuracy (higher is better)", elem_id="acc-plot", height=240, y_lim=[0, 1])
+        next_btn = gr.Button("Next: 3 · Evaluate →", size="md", elem_id="next-evaluate")
+    return TrainTab(*choices, *settings, train_btn, stop_btn, progress, status, loss_plot, acc_plot, next_btn)
+
+
+def wire(tab: TrainTab, session: gr.State) -> None:
+    """Events inside the tab that need no queue: the strategy's text and learning rate, the weights note."""
+    tab.strategy.change(on_strategy, [session, tab.strategy], [tab.strategy_md, tab.lr], queue=False, **PRIVATE)
+    gr.on([tab.backbone.change, tab.pretrained.change], on_backbone, [session, tab.backbone, tab.pretrained],
+          [tab.backbone_note], queue=False, **PRIVATE)
