@@ -6,7 +6,6 @@ import copy
 import os
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +36,7 @@ def test_session_copies_are_fresh_and_private(tmp_path, monkeypatch):
 def test_cleanup_stale_sessions(tmp_path, monkeypatch):
     monkeypatch.setenv("XFER_CACHE_DIR", str(tmp_path))
     old, new = ui.Session(), ui.Session()
-    old.workdir, new.workdir
+    old.workdir, new.workdir  # noqa: B018  (reading .workdir makes the folder)
     past = time.time() - 3 * 24 * 3600
     os.utime(old.workdir, (past, past))
     assert ui.cleanup_stale_sessions(max_age_s=24 * 3600) == 1
@@ -47,11 +46,11 @@ def test_cleanup_stale_sessions(tmp_path, monkeypatch):
     stale.mkdir()
     os.utime(stale, (past, past))
     monkeypatch.setattr(ui, "_LAST_CLEANUP", [time.monotonic() - ui.CLEANUP_EVERY_S - 1])
-    ui.Session().workdir
+    ui.Session().workdir  # noqa: B018  (reading .workdir makes the folder, and may clean up)
     assert not stale.exists() and new.workdir.exists()
     stale.mkdir()
     os.utime(stale, (past, past))
-    ui.Session().workdir  # within the hour: left for the next round
+    ui.Session().workdir  # noqa: B018  (within the hour: left for the next round)
     assert stale.exists()
 
 

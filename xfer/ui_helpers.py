@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 import zipfile
-
 from html import escape
 from pathlib import Path
 from typing import Any, Sequence
