@@ -14,7 +14,7 @@ import torch
 import xfer
 from tests.conftest import ROOT
 from xfer import advisor
-from xfer.data import DatasetReport
+from xfer.data import DatasetReport, subsample
 
 
 def fake_report(counts: list[int]) -> DatasetReport:
@@ -87,6 +87,23 @@ def test_probe_accuracy_separates_signal_from_noise():
     assert advisor.probe_accuracy(noise, labels) < 0.5  # chance is 1/3
     # A weaker shift scores lower: the probe ranks feature sets, it does not only say yes or no.
     assert advisor.probe_accuracy(noise + 0.3 * class_means[labels], labels) < 1.0
+
+
+@pytest.mark.slow
+def test_recommend_measures_once_keeps_a_summary_and_reuses_it(flowers_dir):
+    """On photo-sized JPEGs (flower-like, drawn by the tests; the pick on the real photos is checked in
+    test_real_photos.py)."""
+    full = xfer.load_dataset(flowers_dir)
+    report = DatasetReport(full.root, full.classes, subsample(full.items, 12, seed=0))
+    rec = xfer.recommend(report)  # measures similarity with the packaged efficientnet_lite0 weights
+    assert rec.similarity_backbone == "efficientnet_lite0"
+    assert rec.strategy in ("head", "truncate"), rec.reason  # small data: a frozen body
+    assert set(rec.probe) == {"head", "truncate"} and all(0 <= v <= 1 for v in rec.probe.values())
+    assert rec.measurement.images == 60 and rec.measurement.folds == 4  # 12 per class: all of them
+    saved = rec.to_dict()  # what config.json and `recommend --json` keep: a summary, not the measurement
+    assert saved["sample_images"] == 60 and saved["probe"] == rec.probe and "measurement" not in saved
+    again = xfer.recommend(report, similarity=rec.measurement)  # reused, not measured again
+    assert (again.strategy, again.probe, again.similarity) == (rec.strategy, rec.probe, rec.similarity)
 
 
 @pytest.mark.slow
