@@ -104,15 +104,8 @@ def test_cpu_runtime_bench_runs_quick(flowers_dir):
 
 def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
     out = tmp_path / "acc.md"
-    env_dir = os.environ.get("XFER_FLOWERS_DIR")
-    os.environ["XFER_FLOWERS_DIR"] = str(flowers_dir)
-    try:
-        proc = _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0,1", "--out", str(out)])
-    finally:
-        if env_dir is None:
-            os.environ.pop("XFER_FLOWERS_DIR")
-        else:
-            os.environ["XFER_FLOWERS_DIR"] = env_dir
+    proc = _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0,1", "--out", str(out)],
+                XFER_FLOWERS_DIR=str(flowers_dir))
     md = out.read_text()
     assert md.strip() in proc.stdout
     summary = [line for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | 128 ")]

@@ -22,7 +22,7 @@ import torch
 import xfer
 from tests.conftest import ROOT, make_color_dataset
 from xfer.engine import TrainConfig
-from xfer.nets.registry import get_backbone, imagenet_state_dict, list_backbones, pretrained_available
+from xfer.nets.registry import get_backbone, imagenet_state_dict, list_backbones, load_pretrained, pretrained_available
 from xfer.nets.strategies import STRATEGIES, build_network, make_spec
 
 LITE = "efficientnet_lite0"
