@@ -35,21 +35,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import xfer  # before torch: xfer sets OpenMP's wait policy, read when torch loads
 
-from common import flowers_root, write_text  # noqa: E402
+# isort: split
+import torch
 
-import xfer  # noqa: E402  (before torch: xfer sets OpenMP's wait policy, read when torch loads)
-import torch  # noqa: E402
-from xfer.data.transforms import Preprocessing  # noqa: E402
-from xfer.nets.registry import _hub_checkpoint, get_backbone, pretrained_available  # noqa: E402
-from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
-from xfer.data.folders import holdout_split  # noqa: E402
-from xfer.engine import TrainConfig, fit  # noqa: E402
-from xfer.evaluation import metrics_from_predictions  # noqa: E402
-from xfer.nets.strategies import build_network, make_spec  # noqa: E402
+from common import flowers_root, write_text
+from xfer.data import DatasetReport, scan_folder, split_dataset, subsample
+from xfer.data.folders import holdout_split
+from xfer.data.transforms import Preprocessing
+from xfer.engine import TrainConfig, fit
+from xfer.evaluation import metrics_from_predictions
+from xfer.nets.registry import _hub_checkpoint, get_backbone, pretrained_available
+from xfer.nets.strategies import build_network, make_spec
 
 BACKBONE = "efficientnet_lite0"
 VAL_FRACTION = 0.15  # of what the test split leaves: picks the best epoch

@@ -36,21 +36,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import xfer  # before torch: xfer sets OpenMP's wait policy, read when torch loads
 
-from common import flowers_root, write_text  # noqa: E402
+# isort: split
+import torch
 
-import xfer  # noqa: E402  (before torch: xfer sets OpenMP's wait policy, read when torch loads)
-import torch  # noqa: E402
-from xfer import advisor  # noqa: E402
-from xfer.data import DatasetReport, scan_folder, split_dataset, subsample  # noqa: E402
-from xfer.engine import TrainConfig  # noqa: E402
-from xfer.nets.strategies import STRATEGIES  # noqa: E402
-
-from make_digits import make_digits  # noqa: E402
-from make_shapes import make_shapes  # noqa: E402
+from common import flowers_root, write_text
+from make_digits import make_digits
+from make_shapes import make_shapes
+from xfer import advisor
+from xfer.data import DatasetReport, scan_folder, split_dataset, subsample
+from xfer.engine import TrainConfig
+from xfer.nets.strategies import STRATEGIES
 
 BACKBONE = "efficientnet_lite0"
 SEED = 0
@@ -129,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (args.sizes or ("20" if args.quick else "20,100,full")).split(",")
     repeats = 1 if args.quick else args.repeats
     device = xfer.select_device("cpu")
+    xfer.device.configure_runtime(device)
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows, hits = [], 0
     for name, pool, test, size in datasets(args.work, sizes, args.domains.split(",")):
@@ -253,7 +251,7 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         f"Advisor: {rule_text()}", "",
         *table_header(),
     ]
-    for name, stats, rec, accs, secs, best, ok in rows:
+    for name, stats, rec, accs, _secs, best, ok in rows:
         cells = []
         for s in strat:
             m = statistics.fmean(accs[s])

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/x.py` from anywhere, with no install
-    sys.path.insert(0, str(ROOT))
 
 SHARED_FLOWERS = Path(os.environ.get("XFER_FLOWERS_DIR") or ROOT.parent / "shared" / "flowers" / "train")
 RESULT_PREFIX = "BENCH-RESULT "
@@ -72,10 +70,8 @@ def balanced_subset(root: Path, total: int, offset: int = 0) -> list[tuple[Path,
 
 def run_arm(script: Path, args: Sequence[str], timeout: float | None = None) -> dict:
     """Run ``script --arm ...`` in a fresh interpreter; return the JSON it printed last."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

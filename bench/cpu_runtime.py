@@ -6,7 +6,7 @@ and peak memory (itself and its data-loader worker) and validation accuracy. The
 
 * ``xfer``: xfer's defaults: OpenMP's idle threads sleep (``import xfer`` sets
   ``OMP_WAIT_POLICY=PASSIVE`` before torch loads OpenMP) and glibc's malloc keeps freed memory
-  for reuse (``select_device`` calls ``xfer.device.keep_freed_memory``).
+  for reuse (``xfer.device.configure_runtime`` calls ``keep_freed_memory``).
 * ``omp-spin``: torch imported before xfer, so OpenMP keeps libgomp's default (idle threads spin).
 * ``malloc-system``: ``XFER_HOST_MALLOC=system``: glibc's default, which maps every block over
   32 MB afresh and unmaps it when freed.
@@ -27,7 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import flowers_root
+
 ARMS = {
     "xfer": "xfer's defaults (idle OpenMP threads sleep, malloc keeps freed memory)",
     "omp-spin": "OpenMP idle threads spin (torch imported before xfer)",
@@ -38,9 +39,7 @@ CHILD = r'''
 import json, resource, sys, time
 if sys.argv[1] == "omp-spin":
     import torch  # loads OpenMP before xfer can set OMP_WAIT_POLICY
-sys.path[:0] = [sys.argv[4], sys.argv[4] + "/bench"]
 import xfer
-from common import flowers_root
 from xfer.data import DatasetReport, scan_folder, subsample
 from xfer.engine import TrainConfig
 
@@ -48,22 +47,24 @@ def usage(f):
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return f(a) + f(b)
 
-r = scan_folder(flowers_root())
+r = scan_folder(sys.argv[4])
 r = DatasetReport(r.root, r.classes, subsample(r.items, int(sys.argv[2]), seed=0))
 t0, c0 = time.perf_counter(), usage(lambda u: u.ru_utime + u.ru_stime)
+device = xfer.select_device("cpu")
+xfer.device.configure_runtime(device)
 m = xfer.train(r, backbone="efficientnet_lite0", strategy="finetune", image_size=int(sys.argv[3]),
-               val_fraction=0.1, config=TrainConfig(epochs=1, seed=0), device=xfer.select_device("cpu"))
+               val_fraction=0.1, config=TrainConfig(epochs=1, seed=0), device=device)
 print(json.dumps({"wall": time.perf_counter() - t0, "cpu": usage(lambda u: u.ru_utime + u.ru_stime) - c0,
                   "peak_mb": max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF,
                                  resource.RUSAGE_CHILDREN)) / 1024, "acc": m.evaluation.accuracy}))
 '''
 
 
-def run_arm(arm: str, per_class: int, size: int) -> dict:
+def run_arm(arm: str, flowers: Path, per_class: int, size: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "XFER_HOST_MALLOC")}
     if arm == "malloc-system":
         env["XFER_HOST_MALLOC"] = "system"
-    out = subprocess.run([sys.executable, "-c", CHILD, arm, str(per_class), str(size), str(ROOT)], env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, arm, str(per_class), str(size), str(flowers)], env=env,
                          capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"arm {arm} failed:\n{out.stderr[-3000:]}")
@@ -81,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(arms) - set(ARMS)
     if unknown:
         p.error(f"unknown arm(s) {', '.join(sorted(unknown))}: choose from {', '.join(ARMS)}")
+    flowers = flowers_root()
     res: dict[str, list[dict]] = {arm: [] for arm in arms}
     for i in range(args.rounds):
         for arm in arms:
-            r = run_arm(arm, args.per_class, args.size)
+            r = run_arm(arm, flowers, args.per_class, args.size)
             res[arm].append(r)
             print(f"  round {i + 1} {arm}: {r['wall']:.1f}s wall, {r['cpu']:.1f}s CPU, peak {r['peak_mb']:.0f} MB, "
                   f"val acc {r['acc']:.1%}", file=sys.stderr, flush=True)

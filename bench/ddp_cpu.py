@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, flowers_root, write_text
 from PIL import Image
+
+from common import ROOT, flowers_root, write_text
 
 
 def subset(root: Path, per_class: int, size: int) -> Path:
@@ -38,7 +39,7 @@ def subset(root: Path, per_class: int, size: int) -> Path:
 
 
 def arm(cmd: list[str], out: Path) -> tuple[float, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XFER_OFFLINE": "1"}
+    env = {**os.environ, "XFER_OFFLINE": "1"}
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -25,17 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_text  # noqa: E402  (also puts the repository on sys.path)
+import xfer  # noqa: F401  (before torch: xfer sets OpenMP's wait policy)
 
-import xfer  # noqa: E402,F401  (before torch: xfer sets OpenMP's wait policy)
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
+import torch
+from torch import nn
 
-from xfer.nets.registry import pretrained_available  # noqa: E402
-from xfer.engine import TrainConfig, make_optimizer  # noqa: E402
-from xfer.nets.fold import folded_batchnorm  # noqa: E402
-from xfer.nets.strategies import build_network, make_spec  # noqa: E402
+from common import write_text
+from xfer.engine import TrainConfig, make_optimizer
+from xfer.nets.fold import folded_batchnorm
+from xfer.nets.registry import pretrained_available
+from xfer.nets.strategies import build_network, make_spec
 
 ARMS = "frozen=0+package-pad,frozen=0,frozen=3+unfolded,frozen=3,frozen=5+unfolded,frozen=5"
 

@@ -34,17 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import loadavg, peak_rss_mb, table  # noqa: E402  (also puts the repo on sys.path)
+import torch
 
-import torch  # noqa: E402
-
-import xfer  # noqa: E402
-from xfer.nets.registry import get_backbone  # noqa: E402
-from xfer.data import DatasetReport, load_dataset, split_dataset  # noqa: E402
-from xfer.engine import EpochStats, Progress, TrainConfig, fit  # noqa: E402
-from xfer.data.pipeline import image_batches  # noqa: E402
-from xfer.nets.strategies import build_network, make_spec  # noqa: E402
+import xfer
+from common import loadavg, peak_rss_mb, table
+from xfer.data import DatasetReport, load_dataset, split_dataset
+from xfer.data.pipeline import image_batches
+from xfer.engine import EpochStats, Progress, TrainConfig, fit
+from xfer.nets.registry import get_backbone
+from xfer.nets.strategies import build_network, make_spec
 
 #: Dense bf16 matrix rate measured on this workplace's H200s (a plain 8192³ matmul, KINDS.md).
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0}
@@ -144,7 +142,7 @@ def pipeline_alone(items, pre, device, batch: int) -> dict:
     sync(device)
     t = time.perf_counter()
     n = 0
-    for x, y in loader:
+    for _x, y in loader:
         n += len(y)
     sync(device)
     dt = time.perf_counter() - t
@@ -251,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args.backbone = args.backbone or "vgg16"
 
     probe = xfer.select_device(args.device, num_workers=args.workers, feature_batch=args.feature_batch)
+    xfer.device.configure_runtime(probe)  # process-wide, the same for every decode mode
     modes = ["cpu"] if probe.type != "cuda" else (["gpu", "cpu"] if args.decode == "both" else [args.decode])
     devices = {m: xfer.select_device(args.device, num_workers=args.workers, decode=m if probe.type == "cuda" else "auto",
                                      feature_batch=args.feature_batch) for m in modes}

@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, SHARED_FLOWERS, balanced_subset, class_folders, emit, loadavg,  # noqa: E402
-                    peak_rss_mb, run_arm, table)
+from common import ROOT, SHARED_FLOWERS, balanced_subset, class_folders, emit, loadavg, peak_rss_mb, run_arm, table
 
 SCRIPT = Path(__file__).resolve()
 
@@ -88,7 +86,7 @@ def _tutorial_loop(args, tmp: Path, num_classes: int) -> dict:
                                            batch_size=20, shuffle=False, num_workers=args.tutorial_workers),
     }
     cumulative, accs = [], []
-    for epoch in range(max(args.epochs)):
+    for _epoch in range(max(args.epochs)):
         model.train()
         for x, y in loaders["train"]:
             optimizer.zero_grad()
@@ -117,6 +115,7 @@ def arm_xfer(args) -> dict:
     classes, train, val = subset(args)
     report = DatasetReport(root=Path(args.data), classes=classes, items=sorted(train + val, key=lambda t: str(t[0])))
     device = xfer.select_device("cpu")
+    xfer.device.configure_runtime(device)
     runs = {}
     for e in args.epochs:
         events = []
@@ -140,15 +139,16 @@ def arm_features(args) -> dict:
     import torch
 
     import xfer
-    from xfer.nets.registry import get_backbone
-    from xfer.engine import compute_features
     from xfer.data.pipeline import image_batches
-    from xfer.nets.strategies import build_network, make_spec
     from xfer.data.transforms import ImageDataset, make_transform
+    from xfer.engine import compute_features
+    from xfer.nets.registry import get_backbone
+    from xfer.nets.strategies import build_network, make_spec
 
     classes, train, _ = subset(args)
     items = train[: args.profile_images]
     device = xfer.select_device("cpu")
+    xfer.device.configure_runtime(device)
     pre = get_backbone(args.backbone).get_preprocessing().for_size(args.size)
     net = build_network(make_spec(args.backbone, "head", len(classes)), weights=None)
     body = net.body.eval()
@@ -284,7 +284,7 @@ def report(args, results: dict) -> str:
          f"{r['bare_nhwc_inference_mode'] / r['bare_nhwc']:.2f}"],
         ["xfer DataLoader alone (decode + resize + crop + normalise)", f"{f['loader_only_images_per_s']:.1f}", "—"],
     ]
-    x2, x1 = results["xfer-views2"]["runs"], results["xfer-views1"]["runs"]
+    x2, _x1 = results["xfer-views2"]["runs"], results["xfer-views1"]["runs"]
     any_run = next(iter(x2.values()))
     cols = ["epochs", "arm", "seconds", "speed-up", "val acc*", rss, "load"]
     lines = [

@@ -13,15 +13,13 @@ seeds for training and test sets.
 
 from __future__ import annotations
 
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_shapes import cli, write_images  # noqa: E402
+from make_shapes import cli, write_images
 
 CLASSES = tuple("0123456789")
 FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts"), Path("/Library/Fonts"),

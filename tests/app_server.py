@@ -1,7 +1,7 @@
 """Start the real app (``python app.py``) as a subprocess for API and browser tests, plus small datasets.
 
 The server gets its own cache folder, a tiny flower subset as "the bundled flowers"
-(XFER_FLOWERS_DIR) and small defaults (resnet18, 64 px, random weights) so that a
+(XFER_FLOWERS_DIR; tests make them, see synthetic_flowers.py) and small defaults (resnet18, 64 px, random weights) so that a
 training run takes seconds on two CPU cores.
 """
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 def flower_subset(root: Path, source: Path, per_class: int, size: int = 64, classes=FIVE_CLASSES,
                   offset: int = 0) -> Path:
-    """A few real flower photos per class, downscaled, in ``root/<class>/`` (never committed)."""
+    """A few images per class of a flower dataset, downscaled, in ``root/<class>/``."""
     for cls in classes:
         d = root / cls
         d.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,9 @@ class AppServer:
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         env.pop("GRADIO_SERVER_NAME", None)
         env.pop("GRADIO_SERVER_PORT", None)
-        if flowers is not None:
-            env["XFER_FLOWERS_DIR"] = str(flowers)
+        # "The bundled flowers" are the given folder; without one, a folder that is not there, so that
+        # the server never downloads the real photos.
+        env["XFER_FLOWERS_DIR"] = str(flowers if flowers is not None else workdir / "no-flowers")
         env.update(extra_env or {})
         args = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
                 "--max-train-jobs", str(max_train_jobs), "--device", "cpu", *TEST_DEFAULTS, *(extra_args or [])]

@@ -1,4 +1,9 @@
-"""Shared test fixtures: small real image datasets, made in tmp_path or read from ../shared."""
+"""Shared test fixtures: small real image datasets, made in tmp_path.
+
+The suite needs no downloaded photos: ``flowers_dir`` is a flower-like dataset the tests draw
+themselves (tests/synthetic_flowers.py). Only tests/test_real_photos.py reads the real flower
+photos (``REAL_FLOWERS``), and skips, saying how to provide them, where they are absent.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from synthetic_flowers import make_flowers
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_FLOWERS = Path(os.environ.get("XFER_FLOWERS_DIR") or ROOT.parent / "shared" / "flowers" / "train")
+#: The real flower photos (5 class folders), for the few tests that measure on them: XFER_FLOWERS_DIR,
+#: else ../shared/flowers/train beside the checkout. XFER_TEST_NO_SHARED=1 hides them, to run the
+#: suite as on a fresh clone.
+REAL_FLOWERS = None if os.environ.get("XFER_TEST_NO_SHARED") else Path(
+    os.environ.get("XFER_FLOWERS_DIR") or ROOT.parent / "shared" / "flowers" / "train")
 
 # Tests never touch the user's cache or the network for weights.
 os.environ.setdefault("XFER_CACHE_DIR", str(ROOT / ".pytest_cache" / "xfer-cache"))
@@ -23,11 +34,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def flowers_dir() -> Path:
-    """The shared flower photos (5 class folders); skipped if this checkout has none beside it."""
-    if not SHARED_FLOWERS.is_dir():
-        pytest.skip(f"no flower photos at {SHARED_FLOWERS}")
-    return SHARED_FLOWERS
+def flowers_dir(tmp_path_factory) -> Path:
+    """A flower-like dataset: 5 class folders named like the flower photos' (daisy, dandelion, roses,
+    sunflowers, tulips), 42 JPEGs each, photo-sized; drawn once per session, the same every run."""
+    return make_flowers(tmp_path_factory.mktemp("flowers-like") / "flowers")
 
 
 def make_color_dataset(root: Path, classes: dict[str, tuple[int, int, int]] | None = None, per_class: int = 8,
@@ -48,23 +58,18 @@ def make_color_dataset(root: Path, classes: dict[str, tuple[int, int, int]] | No
     return root
 
 
-def make_flower_subset(root: Path, source: Path, per_class: int = 6, size: int = 64,
-                       classes: tuple[str, ...] = ("daisy", "roses", "tulips"), offset: int = 0) -> Path:
-    """A small copy of real flower photos, downscaled (keeps tests fast); never committed."""
-    for cls in classes:
-        d = root / cls
-        d.mkdir(parents=True, exist_ok=True)
-        for p in sorted((source / cls).iterdir())[offset : offset + per_class]:
-            with Image.open(p) as im:
-                im.convert("RGB").resize((size, size)).save(d / p.name, quality=90)
-    return root
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to fetch weights from the internet fails the test."""
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tried to download {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
 @pytest.fixture
 def color_dataset(tmp_path: Path) -> Path:
     return make_color_dataset(tmp_path / "colors")
-
-
-@pytest.fixture
-def flower_subset(tmp_path: Path, flowers_dir: Path) -> Path:
-    return make_flower_subset(tmp_path / "flowers", flowers_dir)

@@ -1,4 +1,7 @@
-"""The strategy advisor: its size rule, its similarity measure (real weights, real images), its fallback."""
+"""The strategy advisor: its size rule, its similarity measure (real weights), its fallback.
+
+On the real flower photos: test_real_photos.py.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ import pytest
 import torch
 
 import xfer
+from tests.conftest import ROOT
 from xfer import advisor
 from xfer.data import DatasetReport, subsample
-
-from tests.conftest import ROOT
 
 
 def fake_report(counts: list[int]) -> DatasetReport:
@@ -88,14 +90,15 @@ def test_probe_accuracy_separates_signal_from_noise():
 
 
 @pytest.mark.slow
-def test_small_flower_subset_gets_head(flowers_dir):
+def test_recommend_measures_once_keeps_a_summary_and_reuses_it(flowers_dir):
+    """On photo-sized JPEGs (flower-like, drawn by the tests; the pick on the real photos is checked in
+    test_real_photos.py)."""
     full = xfer.load_dataset(flowers_dir)
     report = DatasetReport(full.root, full.classes, subsample(full.items, 12, seed=0))
     rec = xfer.recommend(report)  # measures similarity with the packaged efficientnet_lite0 weights
     assert rec.similarity_backbone == "efficientnet_lite0"
-    assert rec.similarity >= advisor.SIMILAR_CONFIDENCE + 0.05, rec.reason
-    assert rec.strategy == "head", rec.reason
-    assert rec.probe["head"] >= rec.probe["truncate"] + 0.05, rec.reason
+    assert rec.strategy in ("head", "truncate"), rec.reason  # small data: a frozen body
+    assert set(rec.probe) == {"head", "truncate"} and all(0 <= v <= 1 for v in rec.probe.values())
     assert rec.measurement.images == 60 and rec.measurement.folds == 4  # 12 per class: all of them
     saved = rec.to_dict()  # what config.json and `recommend --json` keep: a summary, not the measurement
     assert saved["sample_images"] == 60 and saved["probe"] == rec.probe and "measurement" not in saved

@@ -9,9 +9,9 @@ import sys
 
 import gradio as gr
 import pytest
-from app_server import ROOT
 
 import xfer
+from app_server import ROOT
 from xfer import studio
 from xfer.studio.errors import ui_errors
 from xfer.studio.tabs import predict

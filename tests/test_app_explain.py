@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from xfer.nets.registry import get_backbone, list_backbones
+from xfer.data.transforms import batch_images
 from xfer.explain import find_target_layer, gradcam, gradcam_map
 from xfer.model import XferModel
+from xfer.nets.registry import get_backbone, list_backbones
 from xfer.nets.strategies import build_network, make_spec
-from xfer.data.transforms import batch_images
 
 
 def make_model(backbone: str = "resnet18", strategy: str = "head", size: int = 64, classes: int = 3) -> XferModel:

@@ -14,8 +14,9 @@ import sys
 from tests.conftest import ROOT, make_color_dataset
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _run(args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    # The checkout's xfer, installed or not.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
     # The timeout only stops a hang; a smoke run normally takes well under a minute.
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -93,7 +94,8 @@ def test_finetune_step_bench_runs_quick(tmp_path):
 
 
 def test_cpu_runtime_bench_runs_quick(flowers_dir):
-    proc = _run(["bench/cpu_runtime.py", "--rounds", "1", "--per-class", "6", "--size", "48"])
+    proc = _run(["bench/cpu_runtime.py", "--rounds", "1", "--per-class", "6", "--size", "48"],
+                XFER_FLOWERS_DIR=str(flowers_dir))
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "wall (s)" not in line]
     assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == [
         "xfer's defaults", "OpenMP idle threads spin", "glibc malloc's default"]
@@ -102,15 +104,8 @@ def test_cpu_runtime_bench_runs_quick(flowers_dir):
 
 def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
     out = tmp_path / "acc.md"
-    env_dir = os.environ.get("XFER_FLOWERS_DIR")
-    os.environ["XFER_FLOWERS_DIR"] = str(flowers_dir)
-    try:
-        proc = _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0,1", "--out", str(out)])
-    finally:
-        if env_dir is None:
-            os.environ.pop("XFER_FLOWERS_DIR")
-        else:
-            os.environ["XFER_FLOWERS_DIR"] = env_dir
+    proc = _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0,1", "--out", str(out)],
+                XFER_FLOWERS_DIR=str(flowers_dir))
     md = out.read_text()
     assert md.strip() in proc.stdout
     summary = [line for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | 128 ")]

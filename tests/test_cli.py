@@ -40,7 +40,7 @@ def test_predict_json_lines_and_failures(trained, tmp_path):
     bad.write_text("not an image")
     r = run("predict", str(model), str(good), str(bad), "--json", "--top-k", "5")
     assert r.returncode == 1  # one image failed
-    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert lines[0]["image"] == str(good)
     assert [set(t) for t in lines[0]["top_k"]] == [{"label", "prob"}] * 3  # k capped at 3 classes
     probs = [t["prob"] for t in lines[0]["top_k"]]

@@ -20,11 +20,10 @@ from gradio_client import handle_file
 from gradio_client.utils import Status
 
 import xfer
-from xfer.engine import TrainConfig
-
 from app_server import ROOT, AppServer, client
 from badinputs import HALVES, halves, make_halves_dataset
 from conftest import make_color_dataset
+from xfer.engine import TrainConfig
 
 pytestmark = pytest.mark.slow
 

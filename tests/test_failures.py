@@ -29,14 +29,13 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import xfer
-from xfer.engine import TrainConfig
-from xfer.hub import push
-
 from app_server import AppServer, client as visitor
 from badinputs import HALVES, halves, make_halves_dataset
 from conftest import ROOT
 from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, HUB_TOKENS
 from hub_server import HubServer
+from xfer.engine import TrainConfig
+from xfer.hub import push
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,22 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import xfer
-from xfer.engine import TrainConfig
-
 from app_server import AppServer, client
-from badinputs import (FOLDER_NAMES, HALVES, IMAGE_NAMES, ZIP_NAMES, halves, make_bad_folders, make_bad_images,
-                       make_bad_zips, make_halves_dataset, seed_sentinel, snapshot, zip_folder)
+from badinputs import (
+    FOLDER_NAMES,
+    HALVES,
+    IMAGE_NAMES,
+    ZIP_NAMES,
+    halves,
+    make_bad_folders,
+    make_bad_images,
+    make_bad_zips,
+    make_halves_dataset,
+    seed_sentinel,
+    snapshot,
+    zip_folder,
+)
+from xfer.engine import TrainConfig
 
 pytestmark = pytest.mark.slow
 

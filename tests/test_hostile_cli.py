@@ -27,8 +27,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import (FOLDER_NAMES, ZIP_NAMES, make_bad_folders, make_bad_images, make_bad_zips, make_halves_dataset,
-                       seed_sentinel, snapshot)
+from badinputs import (
+    FOLDER_NAMES,
+    ZIP_NAMES,
+    make_bad_folders,
+    make_bad_images,
+    make_bad_zips,
+    make_halves_dataset,
+    seed_sentinel,
+    snapshot,
+)
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -24,14 +24,13 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 
 import xfer
+from conftest import ROOT, make_color_dataset
+from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
+from hub_server import HubServer
 from xfer.device import select_device
 from xfer.engine import TrainConfig
 from xfer.hub import HUB_FILES, pull, pull_to, push
 from xfer.model import load_model, read_config, save_model
-
-from conftest import ROOT, make_color_dataset
-from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
-from hub_server import HubServer
 
 REPO = "alice/colors"
 

@@ -13,14 +13,13 @@ from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi
 
 import xfer
-from xfer.device import select_device
-from xfer.engine import TrainConfig
-from xfer.hub import pull, push
-
 from app_server import AppServer
 from conftest import make_color_dataset
 from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
 from hub_server import HubServer
+from xfer.device import select_device
+from xfer.engine import TrainConfig
+from xfer.hub import pull, push
 
 pytestmark = pytest.mark.slow
 

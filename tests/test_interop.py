@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
-from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
 from PIL import Image
 
 import xfer
+from conftest import ROOT
+from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
 from xfer.card import (
     TIMM_SNIPPET,
     TRANSFORMERS_SNIPPET,

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from xfer import ConfigError, WeightsError
-from xfer.nets.registry import (get_backbone, list_backbones, load_pretrained, load_state_dict_file,
-                            pretrained_available)
+from xfer.nets.registry import get_backbone, list_backbones, load_pretrained, load_state_dict_file, pretrained_available
 from xfer.nets.strategies import STRATEGIES, NetworkSpec, build_network, make_spec, param_groups
 
 TORCHVISION = ["vgg16", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"]

@@ -17,16 +17,13 @@ from PIL import Image
 from torch import nn
 
 import xfer
-from xfer.data import pipeline
-from xfer.data.transforms import Preprocessing
-from xfer.data import open_image
+from tests.conftest import make_color_dataset
+from xfer.data import open_image, pipeline
+from xfer.data.pipeline import DeviceLoader, FeatureBatches, JpegBatches, image_batches, make_loader
+from xfer.data.transforms import ImageDataset, Preprocessing, make_transform
 from xfer.engine import TrainConfig, compute_features, fit, train_one_epoch
 from xfer.errors import ConfigError
-from xfer.data.pipeline import DeviceLoader, FeatureBatches, JpegBatches, image_batches, make_loader
 from xfer.nets.strategies import build_network, make_spec
-from xfer.data.transforms import ImageDataset, make_transform
-
-from tests.conftest import make_color_dataset
 
 CPU = xfer.select_device("cpu", num_workers=0)
 PRE = Preprocessing(crop_size=32, resize_size=36)

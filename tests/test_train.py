@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ from tests.conftest import make_color_dataset
 from xfer import Cancelled, ModelError, TrainConfig
 from xfer.data import scan_folder
 from xfer.engine import EpochStats, Progress, make_optimizer
-from xfer.nets.strategies import build_network, make_spec
 from xfer.evaluation import metrics_from_predictions
+from xfer.nets.strategies import build_network, make_spec
 
 CPU = xfer.select_device("cpu", num_workers=0)
 

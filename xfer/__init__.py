@@ -20,19 +20,18 @@ import os as _os
 # before torch; a value set by the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from . import hub  # noqa: E402  (push/pull; imports huggingface_hub only when called)
 from .advisor import Recommendation, recommend  # noqa: E402
 from .api import default_backbone, evaluate, predict, predict_proba, train  # noqa: E402
-from .nets.registry import get_backbone, list_backbones, pretrained_available  # noqa: E402
 from .data import DatasetReport, load_dataset, open_image, split_dataset  # noqa: E402
 from .device import DeviceInfo, select_device  # noqa: E402
 from .engine import EpochStats, Progress, TrainConfig, fit  # noqa: E402
-from .errors import (Cancelled, ConfigError, DataError, HubError, ModelError, WeightsError,  # noqa: E402
-                     XferError)
+from .errors import Cancelled, ConfigError, DataError, HubError, ModelError, WeightsError, XferError  # noqa: E402
 from .evaluation import EvalReport  # noqa: E402
 from .model import XferModel, load_model, save_model  # noqa: E402
+from .nets.registry import get_backbone, list_backbones, pretrained_available  # noqa: E402
 from .nets.strategies import STRATEGIES, get_strategy  # noqa: E402
 from .run import Done, Failed, TrainingRun  # noqa: E402
-from . import hub  # noqa: E402  (push/pull; imports huggingface_hub only when called)
 
 __all__ = [
     "Cancelled", "ConfigError", "DataError", "DatasetReport", "DeviceInfo", "Done", "EpochStats", "EvalReport",

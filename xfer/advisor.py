@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .nets.registry import get_backbone, list_backbones, load_pretrained, pretrained_available
 from .data import DatasetReport, subsample
-from .device import DeviceInfo, select_device
 from .data.transforms import batch_images
+from .device import DeviceInfo, select_device
+from .nets.registry import get_backbone, list_backbones, load_pretrained, pretrained_available
 
 log = logging.getLogger(__name__)
 

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from . import distributed
 from .advisor import recommend
-from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .data import DatasetReport, ImageSource, load_dataset, split_dataset
+from .data.transforms import ImageDataset, batch_images, make_transform
 from .device import DeviceInfo, select_device
-from .engine import CancelFlag, Callback, TrainConfig, evaluate as run_eval, fit, make_loader
+from .engine import Callback, CancelFlag, TrainConfig, evaluate as run_eval, fit, make_loader
 from .errors import ConfigError, DataError
 from .evaluation import EvalReport, metrics_from_predictions
 from .model import XferModel, save_model
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
+from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .nets.strategies import STRATEGIES, build_network, make_spec
-from .data.transforms import ImageDataset, batch_images, make_transform
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ into the convolutions during training passes (:mod:`xfer.nets.fold`), never in e
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
@@ -25,11 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
+from .data.pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
 from .data.transforms import Preprocessing
 from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError
 from .nets.fold import folded_batchnorm
-from .data.pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
 from .nets.strategies import Classifier, get_strategy, param_groups
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
+from torchvision.transforms import InterpolationMode, v2 as T
 
 from .data import ImageSource, open_image
-from .model import XferModel
 from .data.transforms import batch_images
+from .model import XferModel
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def _require_onnx() -> None:
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): "
-                          "pip install -r requirements-dev.txt, or the `onnx` extra.") from None
+                          "pip install 'xfer[onnx]' (in a checkout: pip install -e '.[onnx]').") from None
 
 
 def export_onnx(model: XferModel | str | os.PathLike, out: str | os.PathLike, check: bool = True) -> Path:

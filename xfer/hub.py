@@ -26,8 +26,16 @@ import torch
 
 from .errors import ConfigError, HubError, ModelError, XferError
 from .export import ONNX_NAME, export_onnx
-from .model import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, expected_weight_shapes, load_model,
-                    read_config, write_model_folder)
+from .model import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    XferModel,
+    expected_weight_shapes,
+    load_model,
+    read_config,
+    write_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +105,16 @@ def _network_error(e: BaseException) -> bool:
 def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | None, token: str | None,
              endpoint: str) -> str:
     """One line saying what went wrong talking to the Hub and what to do about it."""
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     login = "pass --token (token=), set HF_TOKEN or run `hf auth login`"
     # snapshot_download reports "not in the cache" and hides why the Hub could not be asked: use the cause.

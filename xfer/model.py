@@ -19,15 +19,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 from . import __version__
 from .data.transforms import Preprocessing
 from .errors import ConfigError, ModelError, XferError
-from .modelconfig import (FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent,
-                          validate)
+from .modelconfig import FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent, validate
 from .nets.strategies import Classifier, NetworkSpec, build_network
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
+from .images import JUNK_NAMES
 
 log = logging.getLogger(__name__)
-
-from .images import JUNK_NAMES
 
 #: Archives are refused if they would inflate past this many bytes (2 GiB by default).
 MAX_EXTRACT_BYTES = int(os.environ.get("XFER_MAX_EXTRACT_BYTES", 2 * 1024**3))

@@ -12,10 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
+from .folders import find_class_root
 
 log = logging.getLogger(__name__)
-
-from .folders import find_class_root
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"

@@ -17,11 +17,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-
-log = logging.getLogger(__name__)
-
 from .archive import is_junk
 from .images import IMAGE_EXTENSIONS, open_image
+
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -8,8 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
+from torchvision.transforms import InterpolationMode, v2 as T
 
 from .images import ImageSource, open_image
 

