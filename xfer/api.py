@@ -24,6 +24,7 @@ from .evaluation import EvalReport, metrics_from_predictions
 from .model import XferModel, save_model
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.strategies import STRATEGIES, build_network, make_spec
+from .outputs import check_output_folder
 from .data.transforms import ImageDataset, batch_images, make_transform
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,16 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     fails every other one with :class:`~xfer.distributed.DistributedError` and nothing is saved.
     """
     config = config or TrainConfig()
+    config.validate()  # before scanning the data and building the network, not minutes later in fit
     device = device or select_device(distributed.device_name("auto"))
     if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
         raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
     if len(report.classes) > MAX_CLASSES:  # the bound a saved model's config.json is checked against
         raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    protect = [report.root] + ([data] if isinstance(data, (str, os.PathLike)) and Path(data).exists() else [])
+    if out is not None:  # now, not after minutes of training: --out inside the data would replace the images
+        check_output_folder(out, protect)
     train_items, val_items = split_dataset(report, val_fraction, seed=config.seed)
     backbone = backbone or default_backbone()[0]
     weights = None if weights in (None, "none") else weights
@@ -123,7 +128,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     )
     model.evaluation = evaluation
     if out is not None and distributed.is_main():
-        save_model(model, out)
+        save_model(model, out, protect=protect)
     return model
 
 
@@ -159,6 +164,8 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
     device = device or select_device("cpu")
     items = _labelled_items(model, data)
     model.net.to(device.device)
@@ -171,6 +178,8 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 @torch.no_grad()
 def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
     """Softmax probabilities, (N, C), for images given as paths, bytes, PIL images or arrays."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
     model.net.eval()
     dev = model.device
     out = []
