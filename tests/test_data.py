@@ -309,24 +309,35 @@ def test_open_image_reads_regular_files_only(tmp_path):
     assert open_image(str(link)).getpixel((0, 0)) == (1, 2, 3)
 
 
-def test_scan_skips_fifos_and_never_follows_a_linked_class_folder(tmp_path):
+def test_scan_skips_fifos(tmp_path):
     root = make_color_dataset(tmp_path / "d", per_class=3)
     fifo = root / "red" / "pipe.png"
     os.mkfifo(fifo)
-    outside = make_color_dataset(tmp_path / "outside", classes={"secret": (9, 9, 9)}, per_class=3)
-    (root / "secret").symlink_to(outside / "secret", target_is_directory=True)
-    (root / "green" / "more").symlink_to(outside / "secret", target_is_directory=True)
     try:
         stuck, box = _bounded(lambda: scan_folder(root))
     finally:
         _release(fifo)
     assert not stuck, "the scan blocked on a FIFO"
     report = box["value"]
+    assert report.counts == {"blue": 3, "green": 3, "red": 3}
+    assert [(Path(s.path).name, s.reason) for s in report.skipped] == [("pipe.png", "not a regular file (a pipe, "
+                                                                                    "socket or device)")]
+
+
+def test_scan_never_follows_a_linked_class_folder(tmp_path):
+    root = make_color_dataset(tmp_path / "d", per_class=3)
+    outside = make_color_dataset(tmp_path / "outside", classes={"secret": (9, 9, 9)}, per_class=3)
+    (root / "secret").symlink_to(outside / "secret", target_is_directory=True)
+    (root / "green" / "more").symlink_to(outside / "secret", target_is_directory=True)
+    report = scan_folder(root)
     assert report.classes == ["blue", "green", "red"] and report.counts == {"blue": 3, "green": 3, "red": 3}
     reasons = {Path(s.path).name: s.reason for s in report.skipped}
-    assert "not a regular file" in reasons["pipe.png"]
     assert "symbolic link" in reasons["secret"] and "symbolic link" in reasons["more"]
     assert not any("outside" in str(p) for p, _ in report.items)
+    wrapper = tmp_path / "wrapper"  # a single linked folder is not descended into as a wrapper either
+    wrapper.mkdir()
+    (wrapper / "inner").symlink_to(root, target_is_directory=True)
+    assert find_class_root(wrapper) == wrapper
 
 
 def test_classes_named_alike_are_reported_and_refused_for_training(tmp_path):

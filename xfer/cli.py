@@ -82,8 +82,8 @@ def _fmt_time(s: float | None) -> str:
 class ProgressPrinter:
     """A one-line progress bar on a terminal; one line per epoch otherwise."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
         self.tty = stream.isatty()
         self.last = 0.0
 
