@@ -7,6 +7,7 @@ and the app use them; each takes an already chosen device.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,6 +133,11 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     return model
 
 
+def _check_batch_size(batch_size: object) -> None:
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
+
+
 def _labelled_items(model: XferModel, data: str | os.PathLike | DatasetReport | Sequence[tuple[Any, Any]]
                     ) -> list[tuple[Any, int]]:
     if isinstance(data, (str, os.PathLike, DatasetReport)):
@@ -164,8 +170,7 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
+    _check_batch_size(batch_size)
     device = device or select_device("cpu")
     items = _labelled_items(model, data)
     model.net.to(device.device)
@@ -178,8 +183,7 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 @torch.no_grad()
 def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
     """Softmax probabilities, (N, C), for images given as paths, bytes, PIL images or arrays."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
+    _check_batch_size(batch_size)
     model.net.eval()
     dev = model.device
     out = []

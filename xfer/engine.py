@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import math
+import numbers
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -75,11 +76,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for any value training cannot use (NaN and infinity included)."""
-        def number(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        def number(x: object) -> bool:  # numpy scalars count too
+            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
         def count(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
         if not count(self.epochs) or self.epochs < 1:
             raise ConfigError(f"epochs must be a whole number of at least 1, got {self.epochs}.")
