@@ -84,7 +84,7 @@ class ProgressPrinter:
 
     def __init__(self, stream=None):
         self.stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.last = 0.0
 
     def __call__(self, event) -> None:
