@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .data.transforms import Preprocessing
-from .errors import ConfigError, ModelError, XferError
+from .errors import ModelError, XferError
 from .modelconfig import (FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent,
                           validate)
 from .nets.strategies import Classifier, NetworkSpec, build_network

@@ -16,7 +16,13 @@ from .folders import (
     split_dataset,
     subsample,
 )
-from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageSource, open_image, read_regular_file
+from .images import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ImageSource,
+    open_image,
+    read_regular_file,
+)
 from .sources import load_dataset
 
 __all__ = [
