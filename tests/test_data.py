@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -261,3 +262,97 @@ def test_flowers_source_from_setting_and_offline_error(tmp_path, monkeypatch):
         flowers_dir()
     assert not any((tmp_path / "cache").glob("flower_photos*"))
 
+
+# --- only regular files, never a link out, names that look alike (issue 15, items 7 and 9) --------------------
+
+
+def _bounded(fn, seconds: float = 20.0):
+    """``fn()`` in a thread; fails the test (instead of hanging it) if it has not returned in time."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return t.is_alive(), box
+
+
+def _release(fifo: Path) -> None:
+    """Give a reader blocked on ``fifo`` (the unfixed code) its end of file, so no thread stays stuck."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader waiting
+        pass
+
+
+def test_open_image_reads_regular_files_only(tmp_path):
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    try:
+        stuck, box = _bounded(lambda: open_image(fifo))
+    finally:
+        _release(fifo)
+    assert not stuck, "open_image blocked on a FIFO"
+    assert isinstance(box.get("error"), DataError) and "named pipe" in str(box["error"])
+    with pytest.raises(DataError, match="folder"):
+        open_image(tmp_path)
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(good)
+    link = tmp_path / "link.png"
+    link.symlink_to(good)  # a path the user gave: a link to a regular file is read
+    assert open_image(str(link)).getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_scan_skips_fifos(tmp_path):
+    root = make_color_dataset(tmp_path / "d", per_class=3)
+    fifo = root / "red" / "pipe.png"
+    os.mkfifo(fifo)
+    try:
+        stuck, box = _bounded(lambda: scan_folder(root))
+    finally:
+        _release(fifo)
+    assert not stuck, "the scan blocked on a FIFO"
+    report = box["value"]
+    assert report.counts == {"blue": 3, "green": 3, "red": 3}
+    assert [(Path(s.path).name, s.reason) for s in report.skipped] == [("pipe.png", "not a regular file (a pipe, "
+                                                                                    "socket or device)")]
+
+
+def test_scan_never_follows_a_linked_class_folder(tmp_path):
+    root = make_color_dataset(tmp_path / "d", per_class=3)
+    outside = make_color_dataset(tmp_path / "outside", classes={"secret": (9, 9, 9)}, per_class=3)
+    (root / "secret").symlink_to(outside / "secret", target_is_directory=True)
+    (root / "green" / "more").symlink_to(outside / "secret", target_is_directory=True)
+    report = scan_folder(root)
+    assert report.classes == ["blue", "green", "red"] and report.counts == {"blue": 3, "green": 3, "red": 3}
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
+    assert "symbolic link" in reasons["secret"] and "symbolic link" in reasons["more"]
+    assert not any("outside" in str(p) for p, _ in report.items)
+    wrapper = tmp_path / "wrapper"  # a single linked folder is not descended into as a wrapper either
+    wrapper.mkdir()
+    (wrapper / "inner").symlink_to(root, target_is_directory=True)
+    assert find_class_root(wrapper) == wrapper
+
+
+def test_classes_named_alike_are_reported_and_refused_for_training(tmp_path):
+    import unicodedata
+
+    classes = {"Cat": (200, 0, 0), "cat": (0, 200, 0), unicodedata.normalize("NFC", "café"): (0, 0, 200),
+               unicodedata.normalize("NFD", "café"): (200, 200, 0), "dog": (0, 200, 200)}
+    root = make_color_dataset(tmp_path / "d", classes=classes, per_class=2)
+    report = scan_folder(root)
+    assert len(report.classes) == 5  # kept apart, as the folders are, but said
+    case = [w for w in report.warnings if "'Cat' and 'cat'" in w]
+    form = [w for w in report.warnings if "NFC and NFD" in w]
+    assert len(case) == 1 and "letter case" in case[0] and len(form) == 1 and "rename" in form[0]
+    with pytest.raises(DataError, match="rename one of the folders"):
+        split_dataset(report)
+    distinct = make_color_dataset(tmp_path / "ok", classes={"Cat": (200, 0, 0), "dog": (0, 0, 200)}, per_class=2)
+    assert not scan_folder(distinct).warnings and split_dataset(scan_folder(distinct))

@@ -427,3 +427,104 @@ def test_cli_errors_are_one_line(hub_server: HubServer, trained: dict, tmp_path:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "HF_HUB_OFFLINE" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# --- a Hub that never answers (issue 15, item 6) ----------------------------------------------------------------
+
+
+class StuckHub:
+    """A TCP server on 127.0.0.1 that accepts connections and then never answers ("silent"), or answers
+    200 with a body it sends one byte every 0.3 s ("drip": no read ever times out)."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import threading
+
+        self.mode, self.conns, self.closed = mode, [], threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.mode == "drip":
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+            while not self.closed.wait(0.3):
+                conn.sendall(b" ")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.closed.set()
+        for c in [self.sock, *self.conns]:  # the unfixed client, still waiting, gets its end of file
+            c.close()
+
+
+def bounded(fn, seconds: float):
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    start = real_time.monotonic()
+    t.start()
+    t.join(seconds)
+    return t.is_alive(), box, real_time.monotonic() - start
+
+
+@pytest.mark.parametrize("mode, fragment", [("silent", "did not answer within 1 s"),
+                                            ("drip", "did not finish the {action} of alice/colors within 3 s")])
+def test_a_hub_that_never_answers_fails_in_seconds(trained: dict, tmp_path: Path, hf_client_isolation: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, mode: str, fragment: str) -> None:
+    monkeypatch.setenv("XFER_HUB_TIMEOUT", "1")
+    monkeypatch.setenv("XFER_HUB_DEADLINE", "3")
+    out = copy_model(trained["v1"], tmp_path / "out")
+    before = digest(out)
+    hub = StuckHub(mode)
+    try:
+        calls = {"push": lambda: push(trained["v2"], REPO, token=ALICE_TOKEN, endpoint=hub.url),
+                 "pull": lambda: pull_to(REPO, out, cache_dir=tmp_path / "c", endpoint=hub.url)}
+        for action, call in calls.items():
+            stuck, box, seconds = bounded(call, 20)
+            assert not stuck, f"{action} was still waiting for the Hub after 20 s"
+            err = box.get("error")
+            assert isinstance(err, xfer.HubError), box
+            assert fragment.format(action=action) in assert_one_line(err) and hub.url in str(err)
+            assert seconds < 10, f"{action} took {seconds:.1f} s"
+    finally:
+        hub.close()
+    assert digest(out) == before
+
+
+def test_pull_to_never_replaces_a_folder_it_did_not_write(hub_server: HubServer, trained: dict,
+                                                          tmp_path: Path) -> None:
+    push(trained["v1"], REPO, token=ALICE_TOKEN, endpoint=hub_server.url)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my project"}')
+    (project / "notes.txt").write_text("notes")
+    before = digest(project)
+    with pytest.raises(xfer.ConfigError, match="did not write") as exc:
+        pull_to(REPO, project, cache_dir=tmp_path / "c", endpoint=hub_server.url)
+    assert_one_line(exc.value)
+    assert digest(project) == before
+    fresh = pull_to(REPO, tmp_path / "fresh", cache_dir=tmp_path / "c", endpoint=hub_server.url)
+    assert pull_to(REPO, fresh, cache_dir=tmp_path / "c", endpoint=hub_server.url) == fresh  # its own: replaced

@@ -7,7 +7,9 @@ and the app use them; each takes an already chosen device.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -24,6 +26,7 @@ from .model import XferModel, save_model
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .nets.strategies import STRATEGIES, build_network, make_spec
+from .outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,16 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     fails every other one with :class:`~xfer.distributed.DistributedError` and nothing is saved.
     """
     config = config or TrainConfig()
+    config.validate()  # before scanning the data and building the network, not minutes later in fit
     device = device or select_device(distributed.device_name("auto"))
     if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
         raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
     if len(report.classes) > MAX_CLASSES:  # the bound a saved model's config.json is checked against
         raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    protect = [report.root] + ([data] if isinstance(data, (str, os.PathLike)) and Path(data).exists() else [])
+    if out is not None:  # now, not after minutes of training: --out inside the data would replace the images
+        check_output_folder(out, protect)
     train_items, val_items = split_dataset(report, val_fraction, seed=config.seed)
     backbone = backbone or default_backbone()[0]
     weights = None if weights in (None, "none") else weights
@@ -122,8 +129,13 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     )
     model.evaluation = evaluation
     if out is not None and distributed.is_main():
-        save_model(model, out)
+        save_model(model, out, protect=protect)
     return model
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
 
 
 def _labelled_items(model: XferModel, data: str | os.PathLike | DatasetReport | Sequence[tuple[Any, Any]]
@@ -158,6 +170,7 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
+    _check_batch_size(batch_size)
     device = device or select_device("cpu")
     items = _labelled_items(model, data)
     model.net.to(device.device)
@@ -170,6 +183,7 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 @torch.no_grad()
 def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
     """Softmax probabilities, (N, C), for images given as paths, bytes, PIL images or arrays."""
+    _check_batch_size(batch_size)
     model.net.eval()
     dev = model.device
     out = []

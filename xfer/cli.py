@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -29,13 +30,47 @@ def command(name: str):
     return register
 
 
+def _data_source(source: str) -> str:
+    """``source`` as load_dataset should read it: a path the user typed wins over the bundled name.
+
+    ``--data flowers`` with a folder (or file) named ``flowers`` in the current folder means that
+    folder; which of the two is used is said on stderr either way.
+    """
+    if source == "flowers":
+        local = Path(source)
+        if local.exists():
+            print(f"data: using the local {'folder' if local.is_dir() else 'file'} {local.resolve()} "
+                  "(not the bundled flower photos, which are used when there is no 'flowers' here)",
+                  file=sys.stderr)
+            return str(local.resolve())
+        print("data: using the bundled flower photos", file=sys.stderr)
+    return source
+
+
 @contextlib.contextmanager
 def _dataset(source: str):
-    """Scan a dataset; a zip is extracted into a temporary folder that is removed afterwards."""
+    """Scan a dataset; a zip is extracted into a temporary folder that is removed afterwards.
+
+    ``source`` has been through :func:`_data_source`.
+    """
     from .data import load_dataset
 
     with tempfile.TemporaryDirectory(prefix="xfer-data-") as work:
         yield load_dataset(source, work_dir=Path(work) / "data")
+
+
+def _json(obj: object) -> str:
+    """JSON text, always valid: NaN and infinity (a diverged model's outputs) become null."""
+    def clean(x: object) -> object:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def _fmt_time(s: float | None) -> str:
@@ -48,9 +83,9 @@ def _fmt_time(s: float | None) -> str:
 class ProgressPrinter:
     """A one-line progress bar on a terminal; one line per epoch otherwise."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
+        self.tty = self.stream.isatty()
         self.last = 0.0
 
     def __call__(self, event) -> None:
@@ -104,14 +139,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .api import default_backbone, train
     from .device import configure_runtime, select_device
     from .engine import TrainConfig
+    from .outputs import check_output_folder
     from .run import TrainingRun
 
+    with _quiet(not distributed.is_main()):
+        source = _data_source(args.data)
+    # Before anything is scanned or trained: --out must never replace the data or a user's folder.
+    check_output_folder(args.out, [source] if source != "flowers" and Path(source).exists() else [])
     # Under torchrun, "auto"/"cuda" is this process's own GPU, cuda:LOCAL_RANK.
     device = select_device(distributed.device_name(args.device), num_workers=args.workers, decode=args.decode,
                            feature_batch=args.feature_batch)
     configure_runtime(device)
     world = distributed.world_size()
-    with distributed.stopped_as_error(), _quiet(not distributed.is_main()), _dataset(args.data) as report:
+    with distributed.stopped_as_error(), _quiet(not distributed.is_main()), _dataset(source) as report:
         print(report.summary(), file=sys.stderr)
         backbone = args.backbone
         if backbone is None:
@@ -135,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best epoch {model.training['best_epoch']}, {model.training['seconds']}s; saved to {args.out}",
               file=sys.stderr)
         if args.json:
-            print(json.dumps({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
+            print(_json({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
                               **model.evaluation.to_dict(with_files=False)}))
         return 0
 
@@ -148,10 +188,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     model = load_model(args.model, device=device.device)
-    with _dataset(args.data) as data:
+    with _dataset(_data_source(args.data)) as data:
         report = evaluate(model, data, device=device, batch_size=args.batch_size)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(_json(report.to_dict()))
     else:
         print(report.summary())
         for w in report.misclassified[:20]:
@@ -177,12 +217,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except DataError as e:
             failed += 1
             if args.json:
-                print(json.dumps({"image": path, "error": str(e)}))
+                print(_json({"image": path, "error": str(e)}))
             else:
                 print(f"{path}: error: {e}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"image": path, "top_k": [{"label": k, "prob": v} for k, v in top.items()]}))
+            print(_json({"image": path, "top_k": [{"label": k, "prob": v} for k, v in top.items()]}))
         else:
             print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in top.items()))
     return 1 if failed else 0
@@ -190,8 +230,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    with _dataset(args.data) as report:
-        print(json.dumps(report.to_dict()) if args.json else report.summary())
+    with _dataset(_data_source(args.data)) as report:
+        print(_json(report.to_dict()) if args.json else report.summary())
     return 0
 
 
@@ -200,10 +240,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from .advisor import recommend
     from .device import select_device
 
-    with _dataset(args.data) as report:
+    with _dataset(_data_source(args.data)) as report:
         rec = recommend(report, device=select_device(args.device))
     if args.json:
-        print(json.dumps(rec.to_dict()))
+        print(_json(rec.to_dict()))
     else:
         print(f"{rec.strategy}: {rec.reason}")
     return 0
@@ -230,60 +270,101 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error of the CLI (``--help`` shows the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _whole(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` (to ``hi``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'from {lo} to {hi}' if hi is not None else f'at least {lo}'}"
+                                             f", got {value}")
+        return value
+    return parse
+
+
+def _number(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in the interval; NaN and infinity are refused."""
+    span = f"{'above' if lo_open else 'at least'} {lo:g} and {'below' if hi_open else 'at most'} {hi:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        above = value > lo if lo_open else value >= lo
+        below = value < hi if hi_open else value <= hi
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"must be a number {span}, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .nets.registry import list_backbones
     from .nets.strategies import STRATEGIES
 
-    p = argparse.ArgumentParser(prog="python -m xfer", description="Transfer learning for image classification.")
+    p = _Parser(prog="python -m xfer", description="Transfer learning for image classification.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a classifier and save it to a folder")
-    t.add_argument("--data", required=True, help="a folder of class folders, a .zip of one, or 'flowers'")
-    t.add_argument("--out", required=True, type=Path, help="folder to save the model in")
+    t.add_argument("--data", required=True, help="a folder of class folders, a .zip of one, or 'flowers' (the "
+                   "bundled photos, unless a folder named flowers is here: that folder is used)")
+    t.add_argument("--out", required=True, type=Path,
+                   help="folder to save the model in: new, empty, or an xfer model folder (replaced); never "
+                        "inside the data")
     t.add_argument("--backbone", choices=list_backbones(), default=None,
                    help="default: vgg16 if its weights are available, else efficientnet_lite0")
     t.add_argument("--strategy", choices=[*STRATEGIES, "auto"], default="auto")
     t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict")
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--image-size", type=int, default=224)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--epochs", type=_whole(1), default=5)
+    t.add_argument("--image-size", type=_whole(16, 1024), default=224)
+    t.add_argument("--batch-size", type=_whole(1), default=32)
+    t.add_argument("--lr", type=_number(0, 10, lo_open=True), default=None,
                    help="default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) or 1e-2 (sgd)")
     t.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--weight-decay", type=_number(0, 10), default=1e-4)
+    t.add_argument("--label-smoothing", type=_number(0, 1, hi_open=True), default=0.0)
     t.add_argument("--no-augment", action="store_true", help="no random resized crop and flip")
-    t.add_argument("--cache-views", type=int, default=1,
+    t.add_argument("--cache-views", type=_whole(1), default=1,
                    help="frozen strategies: views cached per image (1 clean + N-1 augmented; default 1)")
-    t.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without improvement")
-    t.add_argument("--cut", type=int, default=None, help="truncate: number of backbone stages kept")
-    t.add_argument("--reinit", type=int, default=0, help="finetune: re-initialise the last N backbone layers")
-    t.add_argument("--frozen-stages", type=int, default=None,
+    t.add_argument("--patience", type=_whole(1), default=None, help="early stopping after N epochs without improvement")
+    t.add_argument("--cut", type=_whole(1), default=None, help="truncate: number of backbone stages kept")
+    t.add_argument("--reinit", type=_whole(0), default=0, help="finetune: re-initialise the last N backbone layers")
+    t.add_argument("--frozen-stages", type=_whole(0), default=None,
                    help="finetune: the first N backbone stages stay frozen (default: the backbone's, "
                         "see `backbones`; 0 trains every layer)")
-    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--val-fraction", type=_number(0, 1, lo_open=True, hi_open=True), default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    t.add_argument("--workers", type=int, default=None, help="data loader workers (default: per device)")
+    t.add_argument("--workers", type=_whole(0), default=None, help="data loader workers (default: per device)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     t.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where JPEGs are decoded (auto: on the GPU with CUDA, else by loader workers)")
-    t.add_argument("--feature-batch", type=int, default=None,
+    t.add_argument("--feature-batch", type=_whole(1), default=None,
                    help="batch size of the frozen-body feature pass (default: per device)")
     t.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix on labelled data")
     e.add_argument("model", type=Path)
     e.add_argument("--data", required=True)
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=_whole(1), default=32)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="top-k class probabilities for images")
     pr.add_argument("model", type=Path)
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--top-k", type=_whole(1), default=5)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true")
 
@@ -320,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     except XferError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # one line: XferError drops a DataLoader worker's traceback
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was saved.", file=sys.stderr)
@@ -328,8 +409,31 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        cause = _worker_error(e)
+        what = f"{cause} (in a data loader worker)" if cause else f"{type(e).__name__}: {_first_line(e)}"
+        print(f"error: unexpected {what} (run with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _worker_error(e: BaseException) -> str | None:
+    """``Type: message`` of the exception a DataLoader worker raised, or None.
+
+    torch re-raises a worker's exception in the main process with the worker's whole
+    traceback as its message ("Caught X in DataLoader worker process 0.\\nOriginal Traceback
+    ..."); its last line is what the worker raised.
+    """
+    text = str(e)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1]
+    kind, sep, message = last.partition(": ")
+    return f"{kind.rsplit('.', 1)[-1]}: {message}" if sep else last
 
 
 def _load_extensions() -> None:
@@ -350,7 +454,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     result = push(args.model, args.repo_id, token=args.token, private=args.private, commit_message=args.message,
                   endpoint=args.endpoint, with_onnx=args.with_onnx)
     if args.json:
-        print(json.dumps({"repo_id": args.repo_id, "url": result.url, "commit_id": result.commit_id}))
+        print(_json({"repo_id": args.repo_id, "url": result.url, "commit_id": result.commit_id}))
     else:
         print(f"pushed {args.model} to {result.url} (commit {result.commit_id})")
     return 0
@@ -364,7 +468,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     out = pull_to(args.repo_id, args.out, revision=args.revision, token=args.token, endpoint=args.endpoint)
     cfg = read_config(out)
     if args.json:
-        print(json.dumps({"repo_id": args.repo_id, "out": str(out), "backbone": cfg["backbone"],
+        print(_json({"repo_id": args.repo_id, "out": str(out), "backbone": cfg["backbone"],
                           "strategy": cfg["strategy"], "classes": cfg["classes"]}))
     else:
         print(f"pulled {args.repo_id}{'@' + args.revision if args.revision else ''} to {out}: {cfg['backbone']}, "
@@ -408,7 +512,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_onnx(args.model, args.out)
     meta = read_metadata(out)
     if args.json:
-        print(json.dumps({"out": str(out), "format": args.format, "bytes": out.stat().st_size,
+        print(_json({"out": str(out), "format": args.format, "bytes": out.stat().st_size,
                           "classes": meta["xfer_classes"], "preprocessing": meta["xfer_preprocessing"]}))
     else:
         print(f"exported {args.model} to {out} ({args.format}, {out.stat().st_size / 1e6:.1f} MB, "

@@ -56,6 +56,10 @@ def select_device(name: str = "auto", num_workers: int | None = None, decode: st
     No side effects: process-wide tuning is :func:`configure_runtime`, called by the entry points.
     """
     cpus = os.cpu_count() or 1
+    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 0):
+        raise ConfigError(f"The number of loader workers must be 0 or more, got {num_workers}.")
+    if feature_batch is not None and not (isinstance(feature_batch, int) and feature_batch >= 1):
+        raise ConfigError(f"The feature batch size must be at least 1, got {feature_batch}.")
     if decode not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"Unknown decode {decode!r}: use auto, cpu or gpu.")
     if name == "auto":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -73,16 +74,30 @@ class TrainConfig:
         return replace(self, lr=get_strategy(strategy).lr)
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}.")
+        """Raise :class:`ConfigError` for any value training cannot use (NaN and infinity included)."""
+        def number(x: object) -> bool:  # numpy scalars count too
+            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+        def count(x: object) -> bool:
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+        if not count(self.epochs) or self.epochs < 1:
+            raise ConfigError(f"epochs must be a whole number of at least 1, got {self.epochs}.")
+        if not count(self.batch_size) or self.batch_size < 1:
+            raise ConfigError(f"batch size must be a whole number of at least 1, got {self.batch_size}.")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}: use adamw or sgd.")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"The learning rate must be positive, got {self.learning_rate}.")
-        if self.cache_views < 1:
-            raise ConfigError("cache_views must be at least 1.")
+        # `not x > 0` alone lets infinity through, and an infinite step turns every weight into NaN.
+        if not number(self.learning_rate) or not 0 < self.learning_rate <= 10:
+            raise ConfigError(f"The learning rate must be a number above 0 and at most 10, got {self.learning_rate}.")
+        if not number(self.weight_decay) or not 0 <= self.weight_decay <= 10:
+            raise ConfigError(f"The weight decay must be a number from 0 to 10, got {self.weight_decay}.")
+        if not number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"Label smoothing must be at least 0 and below 1, got {self.label_smoothing}.")
+        if not count(self.cache_views) or self.cache_views < 1:
+            raise ConfigError(f"cache_views must be a whole number of at least 1, got {self.cache_views}.")
+        if self.patience is not None and (not count(self.patience) or self.patience < 1):
+            raise ConfigError(f"patience must be a whole number of at least 1 (or None), got {self.patience}.")
 
     def to_dict(self) -> dict:
         d = asdict(self)

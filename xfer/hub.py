@@ -10,17 +10,23 @@ The token comes from the ``token`` argument, else ``HF_TOKEN``, else the cached
 ``hf auth login`` (huggingface_hub resolves the last two). It is never logged, written
 or shown: it is scrubbed from every error message. The Hub address is ``endpoint=``,
 else ``HF_ENDPOINT`` (read by huggingface_hub at import).
+
+Every call is bounded: each request waits at most ``XFER_HUB_TIMEOUT`` seconds (default 30)
+to connect or for the next bytes, and a whole push or pull, retries included, at most
+``XFER_HUB_DEADLINE`` seconds (default 900); past either, a :class:`HubError` says so.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import torch
 
@@ -36,6 +42,7 @@ from .model import (
     read_config,
     write_model_folder,
 )
+from .outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,14 @@ HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 # User access tokens are "hf_" and 34 letters/digits; shorter hf_ words (hf_hub_download) are left alone.
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+
+
+#: Seconds a request waits to connect, or for the Hub's next bytes (``XFER_HUB_TIMEOUT``).
+DEFAULT_TIMEOUT = 30.0
+#: Seconds a whole push or pull may take, retries included (``XFER_HUB_DEADLINE``): a 528 MB VGG-16 at 1 MB/s fits.
+DEFAULT_DEADLINE = 900.0
+
+T = TypeVar("T")
 
 
 class PushResult(NamedTuple):
@@ -100,6 +115,17 @@ def _network_error(e: BaseException) -> bool:
     except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
         pass
     return isinstance(e, (ConnectionError, TimeoutError))
+
+
+def _timed_out(e: BaseException) -> bool:
+    try:
+        import httpx2
+
+        if isinstance(e, httpx2.TimeoutException):
+            return True
+    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
+        pass
+    return isinstance(e, TimeoutError)
 
 
 def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | None, token: str | None,
@@ -160,6 +186,10 @@ def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | Non
     if isinstance(e, LocalEntryNotFoundError):
         return (f"Could not reach the Hub at {endpoint} and {repo_id}{_at(revision)} is not in the local cache: "
                 "check your connection (or HF_ENDPOINT) and try again.")
+    if _timed_out(e):
+        return (f"The Hub at {endpoint} did not answer within {_seconds('XFER_HUB_TIMEOUT', DEFAULT_TIMEOUT):g} s "
+                f"while trying to {action} {repo_id}: check your connection (or HF_ENDPOINT) and try again later; "
+                "XFER_HUB_TIMEOUT sets the wait.")
     if _network_error(e):
         return (f"Could not reach the Hub at {endpoint} to {action} {repo_id} ({type(e).__name__}: "
                 f"{_first_line(e)}): check your connection (or HF_ENDPOINT) and try again.")
@@ -180,6 +210,85 @@ def _offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode())
+
+
+# --- timeouts ----------------------------------------------------------------------------------------------
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a number of seconds above 0, got {text!r}.")
+    return value
+
+
+_request_timeout = DEFAULT_TIMEOUT  # what _fill_timeouts gives every request that has no timeout of its own
+
+
+def _fill_timeouts(request: Any) -> None:
+    """An httpx2 request hook: every timeout the request leaves open (None) becomes ``_request_timeout``."""
+    given = dict(request.extensions.get("timeout") or {})
+    for kind in ("connect", "read", "write", "pool"):
+        if given.get(kind) is None:
+            given[kind] = min(_request_timeout, 10.0) if kind == "connect" else _request_timeout
+    request.extensions["timeout"] = given
+
+
+def _bound_requests(timeout: float) -> None:
+    """Make every request of huggingface_hub's shared HTTP client time out after ``timeout`` seconds.
+
+    huggingface_hub 2.x builds its httpx2 client with ``timeout=None``, and many calls pass
+    ``timeout=None`` explicitly (repo_info, create_repo, the commit), which overrides any
+    client default: a Hub that accepts the connection and never answers would hold the call
+    forever. A request hook fills in each timeout left open; timeouts that huggingface_hub or
+    the application set (downloads: ``HF_HUB_DOWNLOAD_TIMEOUT``) are kept. Installed at every
+    call, since the client is rebuilt after ``close_session()`` and in forked children.
+    """
+    global _request_timeout
+    from huggingface_hub.utils import get_session
+
+    _request_timeout = timeout
+    client = get_session()
+    hooks = client.event_hooks
+    if _fill_timeouts not in hooks["request"]:
+        client.event_hooks = {**hooks, "request": [*hooks["request"], _fill_timeouts]}
+
+
+def _bounded(call: Callable[[], T], *, action: str, repo_id: str, endpoint: str) -> T:
+    """Run ``call`` (the Hub requests of one push or pull) with per-request timeouts and a total deadline.
+
+    The deadline covers what per-request timeouts cannot: huggingface_hub's retries, and a
+    server that sends a byte now and then. ``call`` runs in a daemon thread; past the deadline
+    the caller gets a HubError at once and the thread ends at its next timeout.
+    """
+    timeout = _seconds("XFER_HUB_TIMEOUT", DEFAULT_TIMEOUT)
+    deadline = _seconds("XFER_HUB_DEADLINE", DEFAULT_DEADLINE)
+    _bound_requests(timeout)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # handed to the caller's thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=run, name=f"xfer-hub-{action}", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        after = (" (it may still complete: look at the repo before pushing again)" if action == "push" else "")
+        raise HubError(f"The Hub at {endpoint} did not finish the {action} of {repo_id} within {deadline:g} s"
+                       f"{after}: check your connection (or HF_ENDPOINT) and try again; XFER_HUB_DEADLINE "
+                       "sets the limit.")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 # --- push --------------------------------------------------------------------------------------------------
@@ -244,16 +353,20 @@ def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, p
     message = commit_message or (f"Upload {cfg['backbone']} classifier ({cfg['strategy']} strategy, "
                                  f"{len(cfg['classes'])} classes) with xfer")
     api = HfApi(endpoint=ep, token=token)
+
     try:
         with tempfile.TemporaryDirectory(prefix="xfer-push-") as staging:
             if with_onnx:  # before the repo is created: a failed export leaves nothing on the Hub
                 export_onnx(folder, Path(staging) / ONNX_NAME)
-            repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            repo_id = repo.repo_id
-            _stage(folder, cfg, repo_id, Path(staging))
-            info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
-                                     allow_patterns=[*HUB_FILES, *([ONNX_NAME] if with_onnx else [])],
-                                     commit_message=message)
+
+            def send() -> tuple[Any, Any]:  # the Hub's part, within the deadline (the export is local work)
+                repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+                _stage(folder, cfg, repo.repo_id, Path(staging))
+                return repo, api.upload_folder(repo_id=repo.repo_id, repo_type="model", folder_path=staging,
+                                               allow_patterns=[*HUB_FILES, *([ONNX_NAME] if with_onnx else [])],
+                                               commit_message=message)
+
+            repo, info = _bounded(send, action="push", repo_id=repo_id, endpoint=ep)
     except XferError:
         raise
     except Exception as e:
@@ -268,6 +381,15 @@ def push(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, p
 
 def _snapshot(repo_id: str, revision: str | None, token: str | None, cache_dir: str | os.PathLike | None,
               endpoint: str | None) -> Path:
+    """:func:`_fetch` within the Hub deadline."""
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ConfigError("Give the Hub repo to pull as 'user/name'.")
+    return _bounded(lambda: _fetch(repo_id, revision, token, cache_dir, endpoint), action="pull",
+                    repo_id=repo_id.strip(), endpoint=_endpoint(endpoint))
+
+
+def _fetch(repo_id: str, revision: str | None, token: str | None, cache_dir: str | os.PathLike | None,
+           endpoint: str | None) -> Path:
     """Download (or find in the cache) the repo's model files; returns the snapshot folder.
 
     The Hub is asked first whether this token may read ``revision``: snapshot_download alone
@@ -351,8 +473,10 @@ def pull_to(repo_id: str, out_dir: str | os.PathLike, revision: str | None = Non
 
     The download is checked by loading it first, then copied into a temporary sibling
     folder that replaces ``out_dir`` by renames: a failed pull leaves an existing
-    ``out_dir`` exactly as it was.
+    ``out_dir`` exactly as it was. ``out_dir`` must be new, empty or an xfer model folder
+    (:func:`xfer.outputs.check_output_folder`), else :class:`ConfigError`.
     """
+    check_output_folder(out_dir)  # before the download: a folder that is not a model is never replaced
     folder = _snapshot(repo_id, revision, token, cache_dir, endpoint)
     _load_snapshot(folder, repo_id.strip(), revision, "cpu")
     out = _replace_folder(folder, Path(out_dir))

@@ -19,15 +19,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from . import __version__
 from .data.transforms import Preprocessing
-from .errors import ConfigError, ModelError, XferError
+from .errors import ModelError, XferError
 from .modelconfig import FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent, validate
 from .nets.strategies import Classifier, NetworkSpec, build_network
+from .outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -203,20 +204,19 @@ def _remove_stale_temporaries(out: Path) -> None:
             continue
 
 
-def write_model_folder(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_model_folder(out_dir: str | os.PathLike, write: Callable[[Path], None],
+                       protect: Sequence[str | os.PathLike] = ()) -> Path:
     """Fill a model folder atomically: a failure or a kill leaves any previous model intact.
 
     ``write(tmp)`` writes the files into a temporary sibling folder, which then replaces
     ``out_dir`` with two renames; the old folder is deleted only after the new one is in
-    place (and put back by the next save or load if a kill fell between the renames). A
-    folder that is not an xfer model is never replaced.
+    place (and put back by the next save or load if a kill fell between the renames).
+    Only a new or empty folder or exactly an xfer model folder is replaced, and never one
+    that overlaps a path in ``protect`` (:func:`xfer.outputs.check_output_folder`).
     """
     out = Path(out_dir).expanduser().resolve()
     _recover_interrupted_save(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder: choose another --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
-        raise ConfigError(f"{out} is a non-empty folder that is not an xfer model: choose another --out.")
+    check_output_folder(out, protect)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)  # after recovery, which may need an .old-* folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -238,9 +238,13 @@ def write_model_folder(out_dir: str | os.PathLike, write: Callable[[Path], None]
     return out
 
 
-def save_model(model: XferModel, out_dir: str | os.PathLike) -> Path:
-    """Save ``model`` as a folder (model.safetensors, config.json, README.md), atomically."""
-    out = write_model_folder(out_dir, lambda tmp: _write_files(model, tmp))
+def save_model(model: XferModel, out_dir: str | os.PathLike, protect: Sequence[str | os.PathLike] = ()) -> Path:
+    """Save ``model`` as a folder (model.safetensors, config.json, README.md), atomically.
+
+    ``out_dir`` must be new, empty or an xfer model folder, outside every path in ``protect``
+    (see :func:`xfer.outputs.check_output_folder`); anything else is a :class:`ConfigError`.
+    """
+    out = write_model_folder(out_dir, lambda tmp: _write_files(model, tmp), protect)
     log.info("saved model to %s", out)
     return out
 

@@ -11,15 +11,23 @@ from .folders import (
     Skipped,
     check_trainable,
     find_class_root,
+    lookalike_classes,
     scan_folder,
     split_dataset,
     subsample,
 )
-from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageSource, open_image
+from .images import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ImageSource,
+    open_image,
+    read_regular_file,
+)
 from .sources import load_dataset
 
 __all__ = [
     "FLOWERS_CLASSES", "IMAGE_EXTENSIONS", "MAX_ARCHIVE_FILES", "MAX_EXTRACT_BYTES", "MAX_IMAGE_PIXELS",
     "DatasetReport", "ImageSource", "Skipped", "cache_dir", "check_trainable", "extract_zip", "find_class_root",
-    "flowers_dir", "is_junk", "load_dataset", "open_image", "scan_folder", "split_dataset", "subsample",
+    "flowers_dir", "is_junk", "load_dataset", "lookalike_classes", "open_image", "read_regular_file", "scan_folder",
+    "split_dataset", "subsample",
 ]

@@ -7,6 +7,8 @@ import hashlib
 import logging
 import os
 import random
+import stat
+import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .archive import is_junk
-from .images import IMAGE_EXTENSIONS, open_image
+from .images import IMAGE_EXTENSIONS, open_image, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,9 @@ class DatasetReport:
 def _check_file(path: Path) -> tuple[str | None, int, str | None]:
     """Decode a file cheaply; return (sha256, difference hash, None) if usable, else (None, 0, reason)."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return None, 0, f"unreadable ({e.strerror or e})"
+        data = read_regular_file(path)  # never blocks on a FIFO swapped in after the walk
+    except DataError as e:
+        return None, 0, str(e).removeprefix(f"{path}: ")
     if not data:
         return None, 0, "empty file"
     try:
@@ -151,13 +153,18 @@ def _visible_children(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not is_junk(p.name))
 
 
+def _is_real_dir(p: Path) -> bool:
+    """A folder that is not a symbolic link: links are never followed, so a class cannot reach outside."""
+    return p.is_dir() and not p.is_symlink()
+
+
 def find_class_root(root: Path) -> Path:
     """Descend through single wrapper folders (``data.zip/flowers/<classes>``) to the class folders."""
     for _ in range(4):
         children = _visible_children(root)
-        dirs = [p for p in children if p.is_dir()]
+        dirs = [p for p in children if _is_real_dir(p)]
         files = [p for p in children if p.is_file()]
-        if len(dirs) == 1 and not files and any(p.is_dir() for p in _visible_children(dirs[0])):
+        if len(dirs) == 1 and not files and any(_is_real_dir(p) for p in _visible_children(dirs[0])):
             root = dirs[0]
         else:
             break
@@ -171,8 +178,9 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
         raise DataError(f"{root} is not a folder: give a folder (or .zip) with one sub-folder per class.")
     root = find_class_root(root)
     children = _visible_children(root)
-    class_dirs = [p for p in children if p.is_dir()]
-    loose = [p for p in children if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    class_dirs = [p for p in children if _is_real_dir(p)]
+    linked = [p for p in children if p.is_symlink()]
+    loose = [p for p in children if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not class_dirs:
         if loose:
             raise DataError(
@@ -182,17 +190,29 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
     report = DatasetReport(root=root, classes=[], items=[])
     for p in loose:
         report.skipped.append(Skipped(str(p), "not inside a class folder"))
+    for p in linked:
+        report.skipped.append(Skipped(str(p), "symbolic link (links are never followed)"))
 
     candidates: list[tuple[Path, str]] = []
     for d in class_dirs:
         for dirpath, dirnames, filenames in os.walk(d, followlinks=False):
-            dirnames[:] = sorted(n for n in dirnames if not is_junk(n))
+            for n in sorted(dirnames):
+                if not is_junk(n) and (Path(dirpath) / n).is_symlink():
+                    report.skipped.append(Skipped(str(Path(dirpath) / n), "symbolic link (links are never followed)"))
+            dirnames[:] = sorted(n for n in dirnames if not is_junk(n) and not (Path(dirpath) / n).is_symlink())
             for n in sorted(filenames):
                 p = Path(dirpath) / n
                 if is_junk(n):
                     continue
-                if p.is_symlink():
+                try:
+                    mode = p.lstat().st_mode
+                except OSError as e:
+                    report.skipped.append(Skipped(str(p), f"unreadable ({e.strerror or e})"))
+                    continue
+                if stat.S_ISLNK(mode):
                     report.skipped.append(Skipped(str(p), "symbolic link"))
+                elif not stat.S_ISREG(mode):  # a FIFO would block the scan forever; a device may never end
+                    report.skipped.append(Skipped(str(p), "not a regular file (a pipe, socket or device)"))
                 elif p.suffix.lower() not in IMAGE_EXTENSIONS:
                     report.skipped.append(Skipped(str(p), f"not an image file ({p.suffix or 'no extension'})"))
                 else:
@@ -220,6 +240,9 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
         report.classes.append(d.name)
     for idx, cls in enumerate(report.classes):
         report.items += [(p, idx) for p in by_class[cls]]
+    for group in lookalike_classes(report.classes):
+        report.warnings.append(f"classes {_lookalike_text(group)}: rename one of the folders "
+                               "(training refuses classes named alike)")
     report.duplicates = [sorted(g) for g in by_hash.values() if len(g) > 1]
     cross = [g for g in report.duplicates if len({Path(p).parent for p in g}) > 1]
     if cross:
@@ -236,13 +259,38 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
     return report
 
 
+def lookalike_classes(classes: Iterable[str]) -> list[list[str]]:
+    """Groups of class names that are equal after Unicode NFC normalisation and case folding.
+
+    ``Cat`` and ``cat``, or ``café`` written precomposed (NFC) and decomposed (NFD, as macOS
+    file names often are), are separate folders but read as one name: a model trained on both
+    would show two classes with the same label.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in classes:
+        groups[unicodedata.normalize("NFC", name).casefold()].append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _lookalike_text(group: list[str]) -> str:
+    if len({unicodedata.normalize("NFC", c) for c in group}) == 1:
+        # repr would show the same letters twice; ascii() shows how they differ
+        return f"{' and '.join(map(ascii, group))} are the same name in two Unicode forms (NFC and NFD)"
+    how = "letter case" if len({c.casefold() for c in group}) == 1 else "letter case and Unicode form"
+    return f"{' and '.join(map(repr, group))} differ only in {how}"
+
+
 def check_trainable(report: DatasetReport) -> None:
-    """Raise unless the dataset has at least two classes with images."""
+    """Raise unless the dataset has at least two classes with images, no two of them named alike."""
     if len(report.classes) < 2:
         have = f"only {report.classes[0]!r}" if report.classes else "none"
         raise DataError(
             f"Training needs at least 2 classes with images, found {have}: add a folder of images per class."
         )
+    same = lookalike_classes(report.classes)
+    if same:
+        raise DataError(f"Classes {_lookalike_text(same[0])}: rename one of the folders (or merge them), "
+                        "then train again.")
 
 
 # --- splitting --------------------------------------------------------------------------

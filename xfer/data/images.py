@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from typing import Union
 
@@ -60,6 +61,66 @@ def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.reduce(factor) if factor >= 2 else img
 
 
+def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
+    """Open ``path`` for reading in binary mode, only if it is a regular file (symlinks to one included).
+
+    A FIFO, socket, device or folder raises :class:`DataError` instead: reading a FIFO
+    with no writer blocks forever, and a device may never end. The check is on the
+    opened descriptor (non-blocking open, then fstat), so the file cannot be swapped
+    for a pipe between the check and the read.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such file.") from None
+    except IsADirectoryError:
+        raise DataError(f"{name}: is a folder, not an image file.") from None
+    except OSError as e:
+        raise DataError(f"{name}: cannot be opened ({e.strerror or e}).") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "not a regular file")
+            raise DataError(f"{name}: {kind}, not an image file: only regular files are read.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path`` if it is a regular file; :class:`DataError` otherwise (see :func:`open_regular_file`)."""
+    with open_regular_file(path) as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise DataError(f"{os.fspath(path)}: unreadable ({e.strerror or e}).") from None
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255 if arr.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
+        return _to_rgb(Image.fromarray(arr.squeeze() if arr.ndim == 3 and arr.shape[2] == 1 else arr))
+    raise DataError(f"An image array must be HxW or HxWx3/4, got shape {arr.shape}.")
+
+
+def _from_pil(source: Image.Image, max_side: int | None) -> Image.Image:
+    # A PIL image may still be lazy (the app's upload widget opens files without decoding them):
+    # apply the same pixel limit, and turn a decoding failure into a DataError.
+    _check_pixels("image", *source.size)
+    try:
+        return _shrink(_to_rgb(ImageOps.exif_transpose(source) or source), max_side)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
+        raise DataError(f"image: cannot decode the image ({type(e).__name__}: {e}): "
+                        "the file is damaged; export it again.") from None
+
+
 def open_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
     """Open an image from a path, bytes, a PIL image or an array, as upright 8-bit RGB.
 
@@ -70,23 +131,14 @@ def open_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
     reason when the file is not a usable image, including decompression bombs.
     """
     if isinstance(source, np.ndarray):
-        arr = source
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255 if arr.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
-            return _to_rgb(Image.fromarray(arr.squeeze() if arr.ndim == 3 and arr.shape[2] == 1 else arr))
-        raise DataError(f"An image array must be HxW or HxWx3/4, got shape {arr.shape}.")
+        return _from_array(source)
     if isinstance(source, Image.Image):
-        # A PIL image may still be lazy (the app's upload widget opens files without decoding them):
-        # apply the same pixel limit, and turn a decoding failure into a DataError.
-        _check_pixels("image", *source.size)
-        try:
-            return _shrink(_to_rgb(ImageOps.exif_transpose(source) or source), max_side)
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
-            raise DataError(f"image: cannot decode the image ({type(e).__name__}: {e}): "
-                            "the file is damaged; export it again.") from None
+        return _from_pil(source, max_side)
     name = "image" if isinstance(source, bytes) else str(source)
+    # A path is opened here, as a regular file only: Pillow would block forever on a FIFO.
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(source, (str, os.PathLike)):
+        fp = open_regular_file(source)
     try:
         with warnings.catch_warnings():
             # Pillow warns past its own limit (89 MP); ours is checked below, before any decoding.
@@ -115,5 +167,8 @@ def open_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as e:
         raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e}): "
                         "the file is damaged; export it again.") from None
+    finally:
+        if fp is not source and not isinstance(fp, io.BytesIO):  # Pillow closes only files it opened itself
+            fp.close()
 
 

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from .. import distributed
 from ..device import DeviceInfo
-from .images import MAX_IMAGE_PIXELS, ImageSource, open_image
+from .images import MAX_IMAGE_PIXELS, ImageSource, open_image, read_regular_file
 from .transforms import (
     TRAIN_RATIO,
     TRAIN_SCALE,
@@ -243,7 +243,7 @@ def _read(source: ImageSource, pil: bool, max_side: int) -> tuple[bytes | None, 
     """
     data = None
     if isinstance(source, (str, Path, bytes)) and not pil:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        data = source if isinstance(source, bytes) else read_regular_file(source)  # never a FIFO
         if data[:3] == b"\xff\xd8\xff":
             try:
                 with Image.open(io.BytesIO(data)) as im:  # parses the header, decodes nothing
