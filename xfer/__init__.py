@@ -20,18 +20,39 @@ import os as _os
 # before torch; a value set by the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import hub  # noqa: E402  (push/pull; imports huggingface_hub only when called)
-from .advisor import Recommendation, recommend  # noqa: E402
-from .api import default_backbone, evaluate, predict, predict_proba, train  # noqa: E402
-from .data import DatasetReport, load_dataset, open_image, split_dataset  # noqa: E402
-from .device import DeviceInfo, select_device  # noqa: E402
-from .engine import EpochStats, Progress, TrainConfig, fit  # noqa: E402
-from .errors import Cancelled, ConfigError, DataError, HubError, ModelError, WeightsError, XferError  # noqa: E402
-from .evaluation import EvalReport  # noqa: E402
-from .model import XferModel, load_model, save_model  # noqa: E402
-from .nets.registry import get_backbone, list_backbones, pretrained_available  # noqa: E402
-from .nets.strategies import STRATEGIES, get_strategy  # noqa: E402
-from .run import Done, Failed, TrainingRun  # noqa: E402
+# Names are imported from their modules on first use (PEP 562), so `import xfer`, `xfer --help`
+# and a command that needs no training code do not pay for torch, torchvision or the trainer.
+_LAZY = {
+    "Recommendation": "advisor", "recommend": "advisor",
+    "default_backbone": "api", "evaluate": "api", "predict": "api", "predict_proba": "api", "train": "api",
+    "get_backbone": "nets.registry", "list_backbones": "nets.registry", "pretrained_available": "nets.registry",
+    "DatasetReport": "data", "load_dataset": "data", "open_image": "data", "split_dataset": "data",
+    "DeviceInfo": "device", "select_device": "device",
+    "EpochStats": "engine", "Progress": "engine", "TrainConfig": "engine", "fit": "engine",
+    "Cancelled": "errors", "ConfigError": "errors", "DataError": "errors", "HubError": "errors",
+    "ModelError": "errors", "WeightsError": "errors", "XferError": "errors",
+    "EvalReport": "evaluation",
+    "XferModel": "model", "load_model": "model", "save_model": "model",
+    "STRATEGIES": "nets.strategies", "get_strategy": "nets.strategies",
+    "Done": "run", "Failed": "run", "TrainingRun": "run",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "hub":  # push/pull (imports huggingface_hub only when called)
+        return importlib.import_module(".hub", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module 'xfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "Cancelled", "ConfigError", "DataError", "DatasetReport", "DeviceInfo", "Done", "EpochStats", "EvalReport",

@@ -10,23 +10,26 @@ import logging
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from . import distributed
-from .advisor import recommend
 from .data import DatasetReport, ImageSource, load_dataset, split_dataset
-from .data.transforms import ImageDataset, batch_images, make_transform
+from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
-from .engine import Callback, CancelFlag, TrainConfig, evaluate as run_eval, fit, make_loader
 from .errors import ConfigError, DataError
-from .evaluation import EvalReport, metrics_from_predictions
-from .model import XferModel, save_model
+from .model import XferModel
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
-from .nets.strategies import STRATEGIES, build_network, make_spec
 from .outputs import check_output_folder
+
+if TYPE_CHECKING:
+    from .engine import Callback, CancelFlag, TrainConfig
+    from .evaluation import EvalReport
+
+# The trainer, the advisor and the evaluation metrics are imported by the functions that use them:
+# `xfer predict` loads a model and runs it, and pays for nothing else (bench/results/startup.md).
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,12 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     reports to ``callback`` and saves, and every process returns the same model. A lost process
     fails every other one with :class:`~xfer.distributed.DistributedError` and nothing is saved.
     """
+    from .advisor import recommend
+    from .engine import TrainConfig, fit
+    from .evaluation import metrics_from_predictions
+    from .model import save_model
+    from .nets.strategies import STRATEGIES, build_network, make_spec
+
     config = config or TrainConfig()
     config.validate()  # before scanning the data and building the network, not minutes later in fit
     device = device or select_device(distributed.device_name("auto"))
@@ -170,6 +179,11 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
+    from .data.transforms import ImageDataset, make_transform
+    from .engine import evaluate as run_eval
+    from .engine import make_loader
+    from .evaluation import metrics_from_predictions
+
     _check_batch_size(batch_size)
     device = device or select_device("cpu")
     items = _labelled_items(model, data)

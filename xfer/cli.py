@@ -308,10 +308,25 @@ def _number(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fals
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _backbone_name(name: str) -> str:
+    """argparse type for --backbone: checked when given, so that `--help` needs no torch."""
     from .nets.registry import list_backbones
+
+    if name not in list_backbones():
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(list_backbones())})")
+    return name
+
+
+def _strategy_name(name: str) -> str:
+    """argparse type for --strategy, checked like :func:`_backbone_name`."""
     from .nets.strategies import STRATEGIES
 
+    if name not in (*STRATEGIES, "auto"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join([*STRATEGIES, 'auto'])})")
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m xfer", description="Transfer learning for image classification.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -322,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path,
                    help="folder to save the model in: new, empty, or an xfer model folder (replaced); never "
                         "inside the data")
-    t.add_argument("--backbone", choices=list_backbones(), default=None,
-                   help="default: vgg16 if its weights are available, else efficientnet_lite0")
-    t.add_argument("--strategy", choices=[*STRATEGIES, "auto"], default="auto")
+    t.add_argument("--backbone", type=_backbone_name, default=None, metavar="NAME",
+                   help="one of `backbones` (default: vgg16 if its weights are available, else efficientnet_lite0)")
+    t.add_argument("--strategy", type=_strategy_name, default="auto", metavar="NAME",
+                   help="one of `strategies`, or auto (default: the advisor picks)")
     t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict")
     t.add_argument("--epochs", type=_whole(1), default=5)
     t.add_argument("--image-size", type=_whole(16, 1024), default=224)

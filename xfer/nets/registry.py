@@ -271,15 +271,28 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def load_pretrained(model: nn.Module, name: str, weights: str | Path) -> None:
-    """Load ``weights`` ("imagenet" or a file path) into a freshly made backbone."""
+def load_pretrained(model: nn.Module, name: str, weights: str | Path, assign: bool = False) -> None:
+    """Load ``weights`` ("imagenet" or a file path) into a freshly made backbone.
+
+    ``assign=True``: the loaded tensors become the parameters (no copy), so ``model`` may be
+    :meth:`Backbone.make_meta`'s structure-only network; every tensor must then be in ``weights``.
+    """
     state = imagenet_state_dict(name) if str(weights) == "imagenet" else load_state_dict_file(weights)
+    if assign:
+        # Adopted tensors get the network's dtypes (a copying load casts, e.g. a float16 file) and
+        # own aligned memory: views into a file's buffer (safetensors) can take other kernel paths,
+        # with last-bit differences from a copied-in load.
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        state = {k: v.to(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] else
+                 v.clone() if v.data_ptr() % 64 else v for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
             f"The weights do not fit {name} ({first}): pass weights saved from a "
             f"torchvision {name} with its 1000-class head."
         ) from e
+    if assign and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise WeightsError(f"The weights do not fit {name}: some of its tensors are missing from them.")
     log.info("loaded %s weights for %s", "ImageNet" if str(weights) == "imagenet" else weights, name)

@@ -229,9 +229,13 @@ def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: 
     start from pretrained weights (``scratch`` ignores it).
     """
     b, s = get_backbone(spec.backbone), get_strategy(spec.strategy)
-    full = b.make()
     if s.pretrained and weights not in (None, "none"):
-        load_pretrained(full, b.name, weights)
+        # Structure only, then the loaded tensors become its parameters: no random initialisation
+        # (about a second for VGG-16 on a CPU) that the weights would overwrite.
+        full = b.make_meta()
+        load_pretrained(full, b.name, weights, assign=True)
+    else:
+        full = b.make()  # the random initialisation is the initialisation
     if s.keep == "all":
         last = _get(full, b.head)
         if not isinstance(last, nn.Linear):
