@@ -536,12 +536,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_export_command(sub: argparse._SubParsersAction) -> None:
+def _export_format(name: str) -> str:
+    """argparse type for export --format: xfer.export (torch) is imported only when export is parsed."""
     from .export import FORMATS
 
+    if name not in FORMATS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(FORMATS)})")
+    return name
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="export a saved model for other runtimes (ONNX)")
     ex.add_argument("model", type=Path, help="the model folder (`xfer train --out`)")
-    ex.add_argument("--format", choices=FORMATS, default="onnx", help="the file format (onnx)")
+    ex.add_argument("--format", type=_export_format, default="onnx", metavar="FORMAT",
+                    help="the file format (onnx)")
     ex.add_argument("--out", required=True, type=Path, help="the file to write (NAME.onnx; replaced atomically)")
     ex.add_argument("--json", action="store_true", help="print a JSON summary")
 
