@@ -347,6 +347,7 @@ def whole(args) -> int:
                     m["fit_s"] = float(found.group(1)) if found else None
                 m.update(arm=arm, round=r + 1, load=f"{before} → {loadavg()}")
                 results["train"].append(m)
+                print(f"  {json.dumps(m)}", file=sys.stderr, flush=True)  # kept if a later arm is cut short
         image = str(val[0][0])
         commands = {"--help": ["--help"], "backbones": ["backbones"]}
         for arm in roots:
