@@ -34,8 +34,18 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common import (ROOT, SHARED_FLOWERS, balanced_subset, class_folders, emit, loadavg, peak_rss_mb, run_arm,
-                    table, write_text)
+from common import (
+    ROOT,
+    SHARED_FLOWERS,
+    balanced_subset,
+    class_folders,
+    emit,
+    loadavg,
+    peak_rss_mb,
+    run_arm,
+    table,
+    write_text,
+)
 
 SCRIPT = Path(__file__).resolve()
 
@@ -313,7 +323,7 @@ def whole(args) -> int:
     roots = {"xfer": Path(args.xfer_root).resolve()}
     if args.baseline:
         roots["baseline"] = Path(args.baseline).resolve()
-    rows, results = [], {"train": [], "commands": []}
+    results: dict[str, list] = {"train": [], "commands": []}
     with tempfile.TemporaryDirectory(prefix="xfer-bench-whole-") as tmp:
         tmp = Path(tmp)
         data = tmp / "data"

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, loadavg, table, write_text  # noqa: E402
+from common import ROOT, loadavg, table, write_text
 
 
 def _reset_peak() -> None:
