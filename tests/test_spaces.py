@@ -11,12 +11,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import spaces
-from conftest import make_color_dataset
-from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
-from hub_server import HubServer
 from huggingface_hub import HfApi, constants
 
 import xfer
+from conftest import make_color_dataset
+from hub_fixtures import ALICE_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
+from hub_server import HubServer
 from xfer.allocation import (
     GpuRates,
     Part,

@@ -457,6 +457,29 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
         release_freed_memory()
 
 
+def _restore_optimization(resume: FitState | None, optimizer: torch.optim.Optimizer, scheduler,
+                          scaler: torch.amp.GradScaler | None) -> None:
+    if resume is None:
+        return
+    optimizer.load_state_dict(resume.optimizer)
+    scheduler.load_state_dict(resume.scheduler)
+    if scaler is not None and resume.scaler:
+        scaler.load_state_dict(resume.scaler)
+
+
+def _tracking(resume: FitState | None, device: DeviceInfo) -> tuple:
+    """(history, best accuracy, best loss, best epoch, best state, best output, last gain): fresh or resumed."""
+    if resume is None:
+        return [], -1.0, math.inf, 0, None, None, 0
+    best_state = None if resume.best_state is None else {k: v.to(device.device) for k, v in resume.best_state.items()}
+    return (list(resume.history), resume.best_accuracy, resume.best_loss, resume.best_epoch, best_state,
+            resume.best_output, resume.gained)
+
+
+def _cpu_output(out: EvalOutput | None) -> EvalOutput | None:
+    return None if out is None else EvalOutput(out.loss, out.accuracy, out.probs.cpu(), out.targets.cpu())
+
+
 def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
          config: TrainConfig, device: DeviceInfo, callback: Callback | None,
          cancel: CancelFlag | None, resume: FitState | None = None, stop_after: int | None = None) -> FitResult:
@@ -543,24 +566,11 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     total_steps = epochs * len(train_loader)
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
     scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
-    if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        if scaler is not None and resume.scaler:
-            scaler.load_state_dict(resume.scaler)
+    _restore_optimization(resume, optimizer, scheduler, scaler)
     step_module = torch.compile(module) if config.compile else module
     train_module = distributed.wrap(step_module, device.device)  # DDP when data-parallel
 
-    history: list[EpochStats] = []
-    best_acc, best_loss, best_epoch, best_state, best_out = -1.0, math.inf, 0, None, None
-    gained = 0
-    if resume is not None:
-        history = list(resume.history)
-        best_acc, best_loss, best_epoch, best_out = (resume.best_accuracy, resume.best_loss, resume.best_epoch,
-                                                     resume.best_output)
-        best_state = (None if resume.best_state is None else
-                      {k: v.to(device.device) for k, v in resume.best_state.items()})
-        gained = resume.gained
+    history, best_acc, best_loss, best_epoch, best_state, best_out, gained = _tracking(resume, device)
     stopped_early = False
     for epoch in range(done + 1, last + 1):
         t0 = time.perf_counter()
@@ -598,9 +608,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     if not stopped_early and last < epochs:  # a pause: hand over everything the next part needs
         state = FitState(last, _cpu_tree(net.state_dict()), _cpu_tree(optimizer.state_dict()),
                          _cpu_tree(scheduler.state_dict()), _cpu_tree(scaler.state_dict()) if scaler else None,
-                         history, best_acc, best_loss, best_epoch, _cpu_tree(best_state),
-                         None if best_out is None else EvalOutput(best_out.loss, best_out.accuracy,
-                                                                 best_out.probs.cpu(), best_out.targets.cpu()),
+                         history, best_acc, best_loss, best_epoch, _cpu_tree(best_state), _cpu_output(best_out),
                          gained)
         net.to(memory_format=torch.contiguous_format).eval()
         return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, False, best_out, state)

@@ -27,9 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..allocation import Part, inference_seconds
-from ..api import evaluate as run_evaluate
-from ..api import predict as run_predict
-from ..api import train_part
+from ..api import evaluate as run_evaluate, predict as run_predict, train_part
 from ..device import DeviceInfo, select_device
 from ..engine import EpochStats, FitState, Progress, load_fit_state, save_fit_state
 from ..errors import Cancelled
