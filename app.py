@@ -8,6 +8,7 @@ import logging
 
 import xfer
 from xfer import studio
+from xfer.studio import zerogpu
 
 log = logging.getLogger("xfer.app")
 
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_train_jobs < 1:
         raise SystemExit("--max-train-jobs must be at least 1")
+    zerogpu.space_storage()
+    if zerogpu.enabled() and args.device == "auto":
+        # ZeroGPU: CUDA is real only inside @spaces.GPU functions; the app keeps its models on the CPU.
+        args.device = "cpu"
     try:
         device = xfer.select_device(args.device)
     except xfer.XferError as e:
@@ -25,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("device: %s; at most %d training run(s) at a time", device.name, args.max_train_jobs)
     demo = studio.build_demo(device, studio.defaults_from(args), max_train_jobs=args.max_train_jobs,
                              max_upload_mb=args.max_upload_mb, allow_server_paths=studio.server_paths_allowed(args))
+    if zerogpu.on_space():
+        zerogpu.prefetch_weights(args.default_backbone or xfer.default_backbone()[0])
     studio.launch(demo, args)
 
 

@@ -25,7 +25,7 @@ from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .outputs import check_output_folder
 
 if TYPE_CHECKING:
-    from .engine import Callback, CancelFlag, TrainConfig
+    from .engine import Callback, CancelFlag, FitState, TrainConfig
     from .evaluation import EvalReport
 
 # The trainer, the advisor and the evaluation metrics are imported by the functions that use them:
@@ -85,6 +85,29 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     reports to ``callback`` and saves, and every process returns the same model. A lost process
     fails every other one with :class:`~xfer.distributed.DistributedError` and nothing is saved.
     """
+    return _train(data, backbone=backbone, strategy=strategy, weights=weights, image_size=image_size,
+                  val_fraction=val_fraction, config=config, device=device, cut=cut, reinit=reinit,
+                  frozen_stages=frozen_stages, out=out, callback=callback, cancel=cancel)
+
+
+def train_part(data: str | os.PathLike | DatasetReport, *, resume: FitState | None, stop_after: int,
+               **kwargs: Any) -> XferModel | FitState:
+    """:func:`train` in parts: train up to epoch ``stop_after`` (from ``resume``, a :class:`~xfer.engine.FitState`
+    of an earlier part, or from the start), with :func:`train`'s keyword arguments, the same in every part.
+
+    Returns the :class:`~xfer.engine.FitState` to resume from while epochs remain, else the finished model (as
+    :func:`train` would, saved to ``out`` if given). A resumed part builds the net without loading weights
+    (the state holds them all). Used where one process may only hold the GPU for a while (ZeroGPU).
+    """
+    return _train(data, resume=resume, stop_after=stop_after, **kwargs)
+
+
+def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str = "auto",
+           weights: str | os.PathLike | None = "imagenet", image_size: int = 224, val_fraction: float = 0.2,
+           config: TrainConfig | None = None, device: DeviceInfo | None = None, cut: int | None = None,
+           reinit: int = 0, frozen_stages: int | None = None, out: str | os.PathLike | None = None,
+           callback: Callback | None = None, cancel: CancelFlag | None = None, resume: FitState | None = None,
+           stop_after: int | None = None) -> XferModel | FitState:
     from .advisor import recommend
     from .engine import TrainConfig, fit
     from .evaluation import metrics_from_predictions
@@ -113,12 +136,17 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
         raise ConfigError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} or auto.")
     config = config.resolved(strategy)
     spec = make_spec(backbone, strategy, len(report.classes), cut=cut, frozen_stages=frozen_stages)
-    net = build_network(spec, weights=weights, reinit=reinit if strategy == "finetune" else 0)
+    # A resumed part gets every weight from its state: loading ImageNet's first would only cost time.
+    net = build_network(spec, weights=None if resume is not None else weights,
+                        reinit=reinit if strategy == "finetune" and resume is None else 0)
     pre = get_backbone(backbone).get_preprocessing().for_size(image_size)
     with distributed.process_group(device.device), distributed.failures():
-        result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel)
+        result = fit(net, strategy, train_items, val_items, pre, config, device, callback=callback, cancel=cancel,
+                     resume=resume, stop_after=stop_after)
         world = distributed.world_size()
         distributed.barrier()  # every process finished training (else this fails): only then is anything saved
+    if result.state is not None:
+        return result.state
     evaluation = metrics_from_predictions(result.val_output.probs, result.val_output.targets, report.classes,
                                           files=[p for p, _ in val_items])
     model = XferModel(

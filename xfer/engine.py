@@ -151,6 +151,71 @@ class FitResult:
     seconds: float
     stopped_early: bool = False
     val_output: EvalOutput | None = field(default=None, repr=False)
+    # Set when fit paused after ``stop_after`` epochs with epochs left: pass it back as ``resume``.
+    state: "FitState | None" = field(default=None, repr=False)
+
+
+def _cpu_tree(x):
+    """``x`` with every tensor detached and copied to the CPU (dicts, lists and tuples walked)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().clone()
+    if isinstance(x, dict):
+        return {k: _cpu_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu_tree(v) for v in x)
+    return x
+
+
+@dataclass
+class FitState:
+    """Everything a paused :func:`fit` needs to go on: after ``epoch`` epochs, all on the CPU.
+
+    The whole net's weights (a frozen body's too), the optimizer's, scheduler's and grad
+    scaler's state, the history and the best epoch so far (its trainable weights and
+    validation output). :meth:`to_dict` holds only tensors and plain values, so that
+    ``torch.load(weights_only=True)`` reads it back (:func:`save_fit_state`).
+    """
+
+    epoch: int
+    net: dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict | None
+    history: list[EpochStats]
+    best_accuracy: float
+    best_loss: float
+    best_epoch: int
+    best_state: dict | None
+    best_output: EvalOutput | None
+    gained: int
+
+    def to_dict(self) -> dict:
+        out = self.best_output
+        return {"epoch": self.epoch, "net": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler, "history": [asdict(h) for h in self.history],
+                "best_accuracy": self.best_accuracy, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                "best_state": self.best_state, "gained": self.gained,
+                "best_output": None if out is None else {"loss": out.loss, "accuracy": out.accuracy,
+                                                         "probs": out.probs, "targets": out.targets}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitState":
+        out = d["best_output"]
+        return cls(d["epoch"], d["net"], d["optimizer"], d["scheduler"], d["scaler"],
+                   [EpochStats(**h) for h in d["history"]], d["best_accuracy"], d["best_loss"], d["best_epoch"],
+                   d["best_state"], None if out is None else EvalOutput(**out), d["gained"])
+
+
+def save_fit_state(state: FitState, path: str | Path) -> Path:
+    """Write ``state`` to ``path`` (tensors and plain values only); returns the path."""
+    path = Path(path)
+    torch.save(state.to_dict(), path)
+    return path
+
+
+def load_fit_state(path: str | Path) -> FitState:
+    """Read a :func:`save_fit_state` file (``weights_only``: nothing but tensors and plain values is unpickled)."""
+    return FitState.from_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
 
 
 Callback = Callable[[object], None]
@@ -364,7 +429,8 @@ def _whole_validation(out: EvalOutput, n_val: int, sharded: bool) -> EvalOutput:
 
 def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
         config: TrainConfig, device: DeviceInfo, callback: Callback | None = None,
-        cancel: CancelFlag | None = None) -> FitResult:
+        cancel: CancelFlag | None = None, resume: FitState | None = None,
+        stop_after: int | None = None) -> FitResult:
     """Train ``net`` and return it with the weights of its best validation epoch.
 
     ``callback`` receives :class:`Progress` per batch and :class:`EpochStats` per
@@ -375,17 +441,48 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
     process takes ``config.batch_size`` images of every global batch of ``batch_size * world_size``
     (the learning rate is not scaled), DistributedDataParallel averages the gradients, every
     process ends with the same weights, and only rank 0 hears ``callback``.
+
+    In parts: ``stop_after=k`` pauses after epoch k (when epochs remain and patience has not ended the
+    run) and returns a result whose ``state`` is a :class:`FitState`; ``fit(..., resume=state)`` goes
+    on from there with the same config and items. The learning-rate schedule, the optimizer, early
+    stopping and the best epoch carry over; a frozen body's features are computed again in each
+    part, and each part draws its shuffles from the seed plus the epochs done, so a run in parts is
+    as good as a whole one but not bit-identical to it.
     """
     try:
-        return _fit(net, strategy, train_items, val_items, pre, config, device, callback, cancel)
+        return _fit(net, strategy, train_items, val_items, pre, config, device, callback, cancel, resume,
+                    stop_after)
     finally:
         # The loop's activations were kept for reuse (keep_freed_memory); now give them back.
         release_freed_memory()
 
 
+def _restore_optimization(resume: FitState | None, optimizer: torch.optim.Optimizer, scheduler,
+                          scaler: torch.amp.GradScaler | None) -> None:
+    if resume is None:
+        return
+    optimizer.load_state_dict(resume.optimizer)
+    scheduler.load_state_dict(resume.scheduler)
+    if scaler is not None and resume.scaler:
+        scaler.load_state_dict(resume.scaler)
+
+
+def _tracking(resume: FitState | None, device: DeviceInfo) -> tuple:
+    """(history, best accuracy, best loss, best epoch, best state, best output, last gain): fresh or resumed."""
+    if resume is None:
+        return [], -1.0, math.inf, 0, None, None, 0
+    best_state = None if resume.best_state is None else {k: v.to(device.device) for k, v in resume.best_state.items()}
+    return (list(resume.history), resume.best_accuracy, resume.best_loss, resume.best_epoch, best_state,
+            resume.best_output, resume.gained)
+
+
+def _cpu_output(out: EvalOutput | None) -> EvalOutput | None:
+    return None if out is None else EvalOutput(out.loss, out.accuracy, out.probs.cpu(), out.targets.cpu())
+
+
 def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
          config: TrainConfig, device: DeviceInfo, callback: Callback | None,
-         cancel: CancelFlag | None) -> FitResult:
+         cancel: CancelFlag | None, resume: FitState | None = None, stop_after: int | None = None) -> FitResult:
     config = config.resolved(strategy)
     config.validate()
     if not train_items or not val_items:
@@ -397,8 +494,16 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
                           "images.")
     if rank != 0:
         callback = None  # one process reports
+    done = resume.epoch if resume is not None else 0  # epochs already trained (by earlier parts)
+    last = min(stop_after, config.epochs) if stop_after is not None else config.epochs
+    if not done < last:
+        raise ConfigError(f"Nothing to train: epochs {done + 1}..{last} of {config.epochs}.")
+    if resume is not None:
+        net.load_state_dict(resume.net)  # before the frozen body's features are computed from it
     # Rank r's own random stream (dropout, main-process augmentation); rank 0's is a lone process's.
-    seed_everything(config.seed + rank)
+    # A resumed part draws afresh (seed + epochs done): replaying the skipped epochs' draws would cost them.
+    seed = config.seed + 7919 * done
+    seed_everything(seed + rank)
     start = time.perf_counter()
     net.to(device.device)
     distributed.broadcast_module(net)  # the frozen body too: every rank computes its features alike
@@ -406,6 +511,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         net.to(memory_format=torch.channels_last)
     n_train, n_val = len(train_items), len(val_items)
     bs, epochs = config.batch_size, config.epochs
+    part = last - done  # the epochs this call trains
     gbs = bs * world  # the global batch: one step of all processes together
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     per_epoch = (n_train // gbs) * gbs if n_train > gbs else n_train  # drop_last
@@ -419,7 +525,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         # Features dominate the cost; the head epochs on cached features are nearly free.
         # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
         unit = 0.02
-        clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel, scale=world)
+        clock = _Clock(views * n_train + n_val + part * per_epoch * unit, callback, cancel, scale=world)
         clock.check_cancel()
         # Each image is decoded once for all its views (the clean one, then augmented ones); a
         # frozen body has no gradients, so it runs in the device's larger inference batches.
@@ -442,15 +548,15 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
         # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
         train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
-                                      seed=config.seed, drop_last=n_train > gbs, shard=shard)
+                                      seed=seed, drop_last=n_train > gbs, shard=shard)
         eval_loader = FeatureBatches(vf, vl, 256)
         module: nn.Module = net.head
     else:
         unit = 1.0
-        clock = _Clock(epochs * per_epoch, callback, cancel, scale=world)
+        clock = _Clock(part * per_epoch, callback, cancel, scale=world)
         clock.check_cancel()
         # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
-        train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=config.seed,
+        train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=seed,
                                      drop_last=n_train > gbs, persistent=True, cache_decoded=True, shard=shard)
         eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
                                     persistent=True, cache_decoded=True)
@@ -460,14 +566,13 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     total_steps = epochs * len(train_loader)
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
     scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
+    _restore_optimization(resume, optimizer, scheduler, scaler)
     step_module = torch.compile(module) if config.compile else module
     train_module = distributed.wrap(step_module, device.device)  # DDP when data-parallel
 
-    history: list[EpochStats] = []
-    best_acc, best_loss, best_epoch, best_state, best_out = -1.0, math.inf, 0, None, None
-    gained = 0
+    history, best_acc, best_loss, best_epoch, best_state, best_out, gained = _tracking(resume, device)
     stopped_early = False
-    for epoch in range(1, epochs + 1):
+    for epoch in range(done + 1, last + 1):
         t0 = time.perf_counter()
         clock.new_phase()
         lr_now = optimizer.param_groups[0]["lr"]
@@ -500,6 +605,13 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
             stopped_early = True
             log.info("early stopping: no better validation accuracy for %d epochs", config.patience)
             break
+    if not stopped_early and last < epochs:  # a pause: hand over everything the next part needs
+        state = FitState(last, _cpu_tree(net.state_dict()), _cpu_tree(optimizer.state_dict()),
+                         _cpu_tree(scheduler.state_dict()), _cpu_tree(scaler.state_dict()) if scaler else None,
+                         history, best_acc, best_loss, best_epoch, _cpu_tree(best_state), _cpu_output(best_out),
+                         gained)
+        net.to(memory_format=torch.contiguous_format).eval()
+        return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, False, best_out, state)
     if best_state is not None and best_epoch != history[-1].epoch:
         module.load_state_dict(best_state)
     # Back to the default layout, so that this net and one loaded from disk compute identically.

@@ -66,6 +66,7 @@ def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = 
         train.wire(train_tab, session)
         predict.wire(predict_tab, session)
         share.wire(share_tab, session)
+        share.wire_visit(share_tab, demo)
         _wire_data(session, data_tab, train_tab, predict_tab)
         model_outputs = [predict_tab.model_info, predict_tab.label, predict_tab.gradcam, share_tab.download_file,
                          *eval_tab.outputs]

@@ -7,8 +7,7 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from ...api import evaluate
-from .. import views
+from .. import views, zerogpu
 from ..errors import fail, ui_errors
 from ..session import AppConfig, Session, cap_per_class
 from . import need_model
@@ -40,7 +39,7 @@ def on_evaluate(session: Session, max_per_class: float | None) -> EvalValues:
     if session.report is None:
         raise fail("Load a dataset in 1 · Data to evaluate the model on it.")
     report = cap_per_class(session.report, int(max_per_class or 0))
-    result = evaluate(model, report, device=session.config.device)
+    result = zerogpu.evaluate_on_gpu(model, report, zerogpu.placement(session.config.device))
     note = (f"Evaluated on {result.num_images} images of the current dataset (including any the model was "
             "trained on, which flatters it).")
     return eval_values(result.to_dict(with_files=False), result, note, "Accuracy on the current dataset")

@@ -9,15 +9,15 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from ... import hub
-from ...api import predict
 from ...data import extract_zip, open_image
 from ...errors import XferError
 from ...model import XferModel, load_model, save_model
-from .. import views
+from .. import views, zerogpu
 from ..errors import fail, ui_errors
 from ..session import AppConfig, Session, find_model_folder
 from . import PREDICT_QUEUE, PRIVATE, need_model
 from .evaluate import eval_values
+from .share import hub_token
 
 
 class ModelValues(NamedTuple):
@@ -41,16 +41,14 @@ def on_predict(session: Session, image: Any) -> dict[str, float]:
     model = need_model(session)
     if image is None:
         raise fail("Add an image first: upload, paste, use the webcam, or click an example.")
-    return predict(model, [image], k=5)[0]
+    return zerogpu.predict_on_gpu(model, image, 5, zerogpu.placement(session.config.device))
 
 
 @ui_errors
 def on_explain(session: Session, image: Any):
     if session.model is None or image is None:
         return None
-    from ...explain import gradcam  # only when asked: it is the one module that needs more than torch
-
-    return gradcam(session.model, image)
+    return zerogpu.gradcam_on_gpu(session.model, image, zerogpu.placement(session.config.device))
 
 
 @ui_errors
@@ -91,11 +89,13 @@ def on_upload_model(session: Session, path: str | None) -> ModelValues:
 
 
 @ui_errors
-def on_pull(session: Session, repo_id: str, revision: str, token: str) -> ModelValues:
+def on_pull(session: Session, repo_id: str, revision: str, token: str,
+            oauth_token: gr.OAuthToken | None = None) -> ModelValues:
+    """Pull a model; a signed-in visitor's token (on a Space) reads their private repos (see share.hub_token)."""
     repo_id = (repo_id or "").strip()
     if not repo_id:
         raise fail("Type the Hub repository id of an xfer model, like your-name/flowers-classifier.")
-    model = hub.pull(repo_id, revision=(revision or "").strip() or None, token=(token or "").strip() or None,
+    model = hub.pull(repo_id, revision=(revision or "").strip() or None, token=hub_token(token, oauth_token),
                      device=session.config.device.device)
     folder = save_model(model, session.workdir / "hub-model")  # so that it can be downloaded again
     return use_model(session, model, folder, f"{repo_id} from the Hub")

@@ -10,14 +10,15 @@ from typing import Any, Iterator, NamedTuple
 import gradio as gr
 
 from ...advisor import recommend
+from ...allocation import plan_parts
 from ...api import train
-from ...data import DatasetReport, check_trainable
+from ...data import DatasetReport, check_trainable, split_dataset
 from ...engine import EpochStats, Progress, TrainConfig
 from ...errors import XferError
 from ...model import XferModel, save_model
 from ...nets.registry import get_backbone, list_backbones, pretrained_available
 from ...run import Done, Failed, TrainingRun
-from .. import views
+from .. import views, zerogpu
 from ..errors import as_gr_error, fail, ui_errors
 from ..session import AppConfig, Session, cap_per_class
 from . import PRIVATE, skip
@@ -111,22 +112,32 @@ def start_run(session: Session, backbone: str, strategy_name: str, epochs: float
     check_trainable(report)
     config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), augment=bool(augment))
     config.validate()
-    job = functools.partial(train, report, backbone=backbone, strategy=strategy_name,
-                            weights="imagenet" if pretrained else None, image_size=int(image_size),
-                            config=config, device=session.config.device)
+    settings = dict(backbone=backbone, strategy=strategy_name, weights="imagenet" if pretrained else None,
+                    image_size=int(image_size), config=config)
+    if zerogpu.enabled():  # one GPU allocation per part of whole epochs (xfer.allocation)
+        n_train, n_val = (len(s) for s in split_dataset(report, 0.2, seed=config.seed))
+        parts = plan_parts(config.epochs, n_train, n_val, strategy_name, int(image_size),
+                           config.cache_views if config.augment else 1)
+        job = zerogpu.training_job(report, settings, parts, session.new_dir("zerogpu"))
+    else:
+        job = functools.partial(train, report, device=session.config.device, **settings)
     session.run = TrainingRun(job, commit=functools.partial(_commit, session), name=f"xfer-train-{session.id[:8]}")
     return session.run.start(), report
 
 
+def trains_on(session: Session) -> str:
+    return "ZeroGPU" if zerogpu.enabled() else session.config.device.name
+
+
 def _done_update(session: Session, model: XferModel, seconds: float) -> tuple:
-    m, device = model.metrics, session.config.device
+    m = model.metrics
     status = (f"**Done: validation accuracy {m['accuracy']:.1%}** (best epoch {model.training.get('best_epoch')} "
               f"of {len(model.history)}). The model is saved and ready: see **3 · Evaluate**, try it in "
               "**4 · Predict**, download it in **5 · Share**.")
     loss, acc = views.history_frames(model.history)
     model_values = ModelValues(views.model_markdown(model, session.model_source), skip(), skip(), None,
                                *eval_values(m, model.evaluation))
-    return train_update(views.progress_html(1.0, f"Done in {views.format_duration(seconds)} on {device.name}.",
+    return train_update(views.progress_html(1.0, f"Done in {views.format_duration(seconds)} on {trains_on(session)}.",
                                             "done"), status, loss, acc, model_values)
 
 
@@ -137,7 +148,7 @@ def on_train(session: Session, backbone: str, strategy_name: str, epochs: float,
     run, report = start_run(session, backbone, strategy_name, epochs, lr, batch_size, image_size, augment,
                             pretrained, max_per_class)
     try:
-        yield train_update(views.progress_html(0.0, f"Starting on {session.config.device.name}: {report.num_images} "
+        yield train_update(views.progress_html(0.0, f"Starting on {trains_on(session)}: {report.num_images} "
                                                     "images…"),
                            f"Training {backbone} with the **{strategy_name}** strategy on {report.num_images} images "
                            f"({len(report.classes)} classes)…", None, None)
@@ -152,6 +163,8 @@ def on_train(session: Session, backbone: str, strategy_name: str, epochs: float,
             elif isinstance(event, EpochStats):
                 history.append(event)
                 yield train_update(KEEP, KEEP, *views.history_frames(history))
+            elif isinstance(event, zerogpu.Allocation):
+                yield train_update(KEEP, allocation_text(event, backbone, strategy_name, report))
             elif isinstance(event, Done):
                 yield _done_update(session, event.model, time.perf_counter() - started)
             elif isinstance(event, Failed) and event.stopped:
@@ -165,6 +178,16 @@ def on_train(session: Session, backbone: str, strategy_name: str, epochs: float,
     finally:
         if run.running:  # the visitor left or the page cancelled the run: stop the thread too
             run.stop(wait=False)
+
+
+def allocation_text(a: "zerogpu.Allocation", backbone: str, strategy_name: str, report: DatasetReport) -> str:
+    """The status line of a ZeroGPU run as each of its GPU allocations starts."""
+    p = a.part
+    where = (f"one GPU allocation (up to {p.seconds} s)" if a.count == 1 else
+             f"GPU allocation {a.index} of {a.count}: epochs {p.first}–{p.last}, up to {p.seconds} s (a run longer "
+             "than one allocation is trained in parts, the state carried between them)")
+    return (f"Training {backbone} with the **{strategy_name}** strategy on {report.num_images} images "
+            f"({len(report.classes)} classes) on ZeroGPU, {where}…")
 
 
 def stopped_text(session: Session) -> str:
@@ -267,7 +290,7 @@ def _settings(config: AppConfig) -> tuple:
 
 def build(config: AppConfig) -> TrainTab:
     with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
-        gr.Markdown(f"Training runs on **{config.device.name}**.", elem_id="device-info")
+        gr.Markdown(zerogpu.device_markdown(config.device), elem_id="device-info")
         with gr.Row():
             with gr.Column(scale=3):
                 choices = _choices(config)
