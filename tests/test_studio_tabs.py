@@ -131,7 +131,7 @@ def test_stop_keeps_the_previous_model(session, colors_zip):
 
 def test_failures_are_one_line_messages(session, colors_zip):
     data.on_upload_zip(session, str(colors_zip))
-    with pytest.raises(gr.Error, match="batch size must be at least 1"):
+    with pytest.raises(gr.Error, match="batch size must be a whole number of at least 1"):
         run_training(session, "resnet18", "head", 1, 1e-2, 0, 32, False, False, 0)
     with pytest.raises(gr.Error, match="Unknown backbone|not a known backbone|backbone"):
         run_training(session, "no-such-net", "head", 1, 1e-2, 8, 32, False, False, 0)

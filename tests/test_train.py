@@ -141,7 +141,7 @@ def test_save_refuses_to_clobber_a_foreign_folder(colors, tmp_path):
     model = _train(colors, config=TrainConfig(epochs=1, batch_size=8, seed=0))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.tex").write_text("precious")
-    with pytest.raises(xfer.ConfigError, match="not an xfer model"):
+    with pytest.raises(xfer.ConfigError, match="so it is not replaced"):
         xfer.save_model(model, tmp_path / "docs")
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
 
