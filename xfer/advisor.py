@@ -48,7 +48,8 @@ import torch
 from .data import DatasetReport, subsample
 from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
-from .nets.registry import get_backbone, list_backbones, load_pretrained, pretrained_available
+from .nets.registry import get_backbone, list_backbones, pretrained_available
+from .nets.strategies import backbone_network, classifier_layer, truncated_body
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,15 @@ def similarity_stats(report: DatasetReport, backbone: str | None = None, per_cla
     ``head`` sees); the early stages, run again and pooled as ``truncate`` pools them, give
     the other probe's features.
     """
-    from .nets.strategies import _get  # the registry's dotted paths
-
     backbone = backbone or similarity_backbone()
     if backbone is None or not report.items:
         return None
     b = get_backbone(backbone)
     device = device or select_device("cpu")
-    net = b.make()
-    load_pretrained(net, backbone, "imagenet")
-    net.eval().to(device.device)
-    early = torch.nn.Sequential(*b.stages(net)[: b.default_cut], torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten()).eval()
+    net = backbone_network(backbone, "imagenet").eval().to(device.device)
+    early = truncated_body(backbone, net, b.default_cut).eval()
     grabbed: list[torch.Tensor] = []
-    hook = _get(net, b.head).register_forward_pre_hook(lambda m, args: grabbed.append(args[0].flatten(1).float()))
+    hook = classifier_layer(backbone, net).register_forward_pre_hook(lambda m, args: grabbed.append(args[0].flatten(1).float()))
     items = subsample(report.items, per_class or sample_per_class(len(report.classes)), seed=seed)
     pre = b.get_preprocessing()
     confidence: list[float] = []

@@ -44,9 +44,9 @@ def default_backbone() -> tuple[str, str | None]:
     """
     if pretrained_available(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, None
-    from .nets.registry import _hub_checkpoint, weights_downloadable
+    from .nets.registry import weights_downloadable
 
-    url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
+    url, path = get_backbone(DEFAULT_BACKBONE).weights_location()
     if weights_downloadable(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, (f"VGG-16's ImageNet weights (528 MB) will be downloaded from {url} to {path} "
                                   "when a model first uses them.")
