@@ -10,7 +10,7 @@ The public API::
     model = xfer.load_model("models/flowers")
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (re-exported)
 
 import os as _os
 

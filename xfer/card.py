@@ -14,15 +14,12 @@ from transformers too; an xfer-only one (``truncate``) says that only xfer loads
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modelconfig import description, timm_loadable
 from .nets.strategies import STRATEGIES
-
-if TYPE_CHECKING:
-    from .model import XferModel
 
 #: The Hub repo holding the very ImageNet weights each backbone starts from (torchvision's
 #: ``DEFAULT`` weights, republished by timm). Only exact matches are listed: a backbone
@@ -234,7 +231,3 @@ def render_card_from_config(cfg: dict[str, Any], repo_id: str | None = None) -> 
     card = ModelCard("---\n" + card_data(cfg, repo_id).to_yaml() + "\n---\n\n" + "\n".join(_body(cfg, repo_id)))
     return str(card)
 
-
-def render_card(model: "XferModel", repo_id: str | None = None) -> str:
-    """Markdown with YAML front matter in the Hugging Face model card format (no network access)."""
-    return render_card_from_config(model.config(), repo_id)
