@@ -179,8 +179,9 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
+    from .data.pipeline import make_loader
     from .data.transforms import ImageDataset, make_transform
-    from .engine import evaluate as run_eval, make_loader
+    from .engine import evaluate as run_eval
     from .evaluation import metrics_from_predictions
 
     _check_batch_size(batch_size)

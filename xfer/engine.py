@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .data.pipeline import FeatureBatches, image_batches, make_loader  # noqa: F401  (make_loader: public here too)
+from .data.pipeline import FeatureBatches, image_batches
 from .data.transforms import Preprocessing
 from .device import DeviceInfo, release_freed_memory
 from .errors import Cancelled, ConfigError

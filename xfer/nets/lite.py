@@ -124,7 +124,7 @@ def imagenet_categories() -> list[str]:
     return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-LITE0 = register(Backbone(
+register(Backbone(
     "efficientnet_lite0", "EfficientNet-Lite0 (4.7M, weights ship with xfer: works offline)",
     make_lite0, "_fc", lite0_stages,
     # stem + stages 1-5: 112 channels at 1/16 resolution, like efficientnet_b0's default cut.
