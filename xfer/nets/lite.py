@@ -151,5 +151,5 @@ def _register_lite(n: int, params: str, crop: int) -> Backbone:
     ))
 
 
-LITE1 = _register_lite(1, "5.4M", 240)
-LITE2 = _register_lite(2, "6.1M", 260)
+_register_lite(1, "5.4M", 240)
+_register_lite(2, "6.1M", 260)
