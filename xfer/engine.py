@@ -383,6 +383,78 @@ def fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pr
         release_freed_memory()
 
 
+@dataclass
+class _Inputs:
+    """What the epoch loop trains: the module, its batches, and how an image's work counts on the clock."""
+
+    module: nn.Module  # the whole net, or the head alone on cached features
+    train_loader: object
+    eval_loader: object
+    clock: _Clock
+    unit: float  # clock units per image in an epoch
+    fold: tuple[nn.Module, ...]  # frozen modules whose batch norms are folded while training
+    sharded_validation: bool  # each process validates its share of the images (else all of them)
+
+
+def _feature_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
+                    device: DeviceInfo, per_epoch: int, callback: Callback | None, cancel: CancelFlag | None,
+                    shard: tuple[int, int] | None) -> _Inputs:
+    """A frozen body runs once per image (and view); the head then trains on the cached features, on the device."""
+    rank, world = shard or (0, 1)
+    n_train, n_val, bs, epochs = len(train_items), len(val_items), config.batch_size, config.epochs
+    views = config.cache_views if config.augment else 1
+    # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
+    unit = 0.02
+    clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel, scale=world)
+    clock.check_cancel()
+    # Each process caches the features of its contiguous share of the images.
+    lo, hi = distributed.shard_bounds(n_train, rank, world)
+    vlo, vhi = distributed.shard_bounds(n_val, rank, world)
+    # Each image is decoded once for all its views (the clean one, then augmented ones); a
+    # frozen body has no gradients, so it runs in the device's larger inference batches.
+    fbs = device.feature_batch or bs
+    train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
+                                device)
+    val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
+    body = torch.compile(net.body) if config.compile else net.body
+    total = len(train_views) + len(val_views)
+    clock.new_phase()
+    # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
+    # validation features through the body as it is saved, so the metrics are exactly the returned model's.
+    with _fold(net, net.frozen_modules, config):
+        f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+            "features", 0, epochs, s, total, n * views, n * views))
+    vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+        "features", 0, epochs, len(train_views) + s, total, n, n))
+    # Every process gets all the features, in the images' order (a no-op in one process).
+    f, labels = distributed.gather_rows(f, n_train), distributed.gather_rows(labels, n_train)
+    vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
+    # One view per image drawn afresh each epoch.
+    train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
+                                  seed=config.seed, drop_last=n_train > bs * world, shard=shard)
+    return _Inputs(net.head, train_loader, FeatureBatches(vf, vl, 256), clock, unit, fold=(),
+                   sharded_validation=False)
+
+
+def _image_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
+                  device: DeviceInfo, per_epoch: int, callback: Callback | None, cancel: CancelFlag | None,
+                  shard: tuple[int, int] | None) -> _Inputs:
+    """A trained body sees the images every epoch; each process validates its share of them."""
+    rank, world = shard or (0, 1)
+    clock = _Clock(config.epochs * per_epoch, callback, cancel, scale=world)
+    clock.check_cancel()
+    bs = config.batch_size
+    vlo, vhi = distributed.shard_bounds(len(val_items), rank, world)
+    # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
+    train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=config.seed,
+                                 drop_last=len(train_items) > bs * world, persistent=True, cache_decoded=True,
+                                 shard=shard)
+    eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
+                                persistent=True, cache_decoded=True)
+    return _Inputs(net, train_loader, eval_loader, clock, 1.0, fold=tuple(net.frozen_modules),
+                   sharded_validation=True)
+
+
 def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
          config: TrainConfig, device: DeviceInfo, callback: Callback | None,
          cancel: CancelFlag | None) -> FitResult:
@@ -404,61 +476,49 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     distributed.broadcast_module(net)  # the frozen body too: every rank computes its features alike
     if device.channels_last:
         net.to(memory_format=torch.channels_last)
-    n_train, n_val = len(train_items), len(val_items)
-    bs, epochs = config.batch_size, config.epochs
-    gbs = bs * world  # the global batch: one step of all processes together
+    n_train, gbs = len(train_items), config.batch_size * world  # the global batch: one step of all processes
+    per_epoch = ((n_train // gbs) * gbs if n_train > gbs else n_train) + len(val_items)  # drop_last
+    prepare = _feature_inputs if net.frozen else _image_inputs
+    inputs = prepare(net, train_items, val_items, pre, config, device, per_epoch, callback, cancel, shard)
+    result = _train_epochs(net, strategy, inputs, config, device, callback, len(val_items))
+    # Back to the default layout, so that this net and one loaded from disk compute identically.
+    net.to(memory_format=torch.contiguous_format).eval()
+    return replace(result, seconds=time.perf_counter() - start)
+
+
+def _epoch(train_module: nn.Module, step_module: nn.Module, inputs: _Inputs, net: Classifier, epoch: int,
+           optimizer, scheduler, loss_fn: nn.Module, scaler, config: TrainConfig, device: DeviceInfo,
+           n_val: int) -> tuple[EpochStats, EvalOutput]:
+    """Train one epoch (``train_module``: DDP when data-parallel), then validate ``step_module``."""
+    clock, unit, epochs = inputs.clock, inputs.unit, config.epochs
+    t0 = time.perf_counter()
+    clock.new_phase()
+    lr_now = optimizer.param_groups[0]["lr"]
+    with _fold(net, inputs.fold, config):
+        train_loss, train_acc = train_one_epoch(
+            train_module, inputs.train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
+            on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
+    train_loss, train_acc = distributed.all_mean([train_loss, train_acc])
+    distributed.broadcast_module(inputs.module, buffers_only=True)  # rank 0's batch-norm statistics, everywhere
+    clock.new_phase()
+    out = evaluate(step_module, inputs.eval_loader, device, loss_fn,
+                   on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
+    out = _whole_validation(out, n_val, sharded=inputs.sharded_validation)
+    stats = EpochStats(epoch, train_loss, train_acc, out.loss, out.accuracy, lr_now, time.perf_counter() - t0)
+    log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs)", epoch, epochs,
+             train_loss, train_acc, out.loss, out.accuracy, stats.seconds)
+    return stats, out
+
+
+def _train_epochs(net: Classifier, strategy: str, inputs: _Inputs, config: TrainConfig, device: DeviceInfo,
+                  callback: Callback | None, n_val: int) -> FitResult:
+    """The epoch loop: train, validate, keep the best epoch's weights, stop early if asked to."""
+    module = inputs.module
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    per_epoch = (n_train // gbs) * gbs if n_train > gbs else n_train  # drop_last
-    # Each process caches the features of (and validates) its contiguous share of the images.
-    lo, hi = distributed.shard_bounds(n_train, rank, world)
-    vlo, vhi = distributed.shard_bounds(n_val, rank, world)
-    per_epoch += n_val
-
-    if net.frozen:
-        views = config.cache_views if config.augment else 1
-        # Features dominate the cost; the head epochs on cached features are nearly free.
-        # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
-        unit = 0.02
-        clock = _Clock(views * n_train + n_val + epochs * per_epoch * unit, callback, cancel, scale=world)
-        clock.check_cancel()
-        # Each image is decoded once for all its views (the clean one, then augmented ones); a
-        # frozen body has no gradients, so it runs in the device's larger inference batches.
-        fbs = device.feature_batch or bs
-        train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
-                                    device)
-        val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
-        body = torch.compile(net.body) if config.compile else net.body
-        total = len(train_views) + len(val_views)
-        clock.new_phase()
-        # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
-        # validation features through the body as it is saved, so the metrics are exactly the returned model's.
-        with _fold(net, net.frozen_modules, config):
-            f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
-                "features", 0, epochs, s, total, n * views, n * views))
-        vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
-            "features", 0, epochs, len(train_views) + s, total, n, n))
-        # Every process gets all the features, in the images' order (a no-op in one process).
-        f, labels = distributed.gather_rows(f, n_train), distributed.gather_rows(labels, n_train)
-        vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
-        # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
-        train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
-                                      seed=config.seed, drop_last=n_train > gbs, shard=shard)
-        eval_loader = FeatureBatches(vf, vl, 256)
-        module: nn.Module = net.head
-    else:
-        unit = 1.0
-        clock = _Clock(epochs * per_epoch, callback, cancel, scale=world)
-        clock.check_cancel()
-        # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
-        train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=config.seed,
-                                     drop_last=n_train > gbs, persistent=True, cache_decoded=True, shard=shard)
-        eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
-                                    persistent=True, cache_decoded=True)
-        module = net
-
     optimizer = make_optimizer(net, strategy, config, device)
-    total_steps = epochs * len(train_loader)
-    scheduler = cosine_with_warmup(optimizer, total_steps, warmup=min(len(train_loader), max(total_steps // 20, 1)))
+    total_steps = config.epochs * len(inputs.train_loader)
+    scheduler = cosine_with_warmup(optimizer, total_steps,
+                                   warmup=min(len(inputs.train_loader), max(total_steps // 20, 1)))
     scaler = torch.amp.GradScaler(device.type) if device.grad_scaler else None
     step_module = torch.compile(module) if config.compile else module
     train_module = distributed.wrap(step_module, device.device)  # DDP when data-parallel
@@ -467,25 +527,10 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     best_acc, best_loss, best_epoch, best_state, best_out = -1.0, math.inf, 0, None, None
     gained = 0
     stopped_early = False
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        clock.new_phase()
-        lr_now = optimizer.param_groups[0]["lr"]
-        # A frozen body's head trains on cached features: nothing to fold there.
-        with _fold(net, () if net.frozen else net.frozen_modules, config):
-            train_loss, train_acc = train_one_epoch(
-                train_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
-                on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
-        train_loss, train_acc = distributed.all_mean([train_loss, train_acc])
-        distributed.broadcast_module(module, buffers_only=True)  # rank 0's batch-norm statistics, everywhere
-        clock.new_phase()
-        out = evaluate(step_module, eval_loader, device, loss_fn,
-                       on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
-        out = _whole_validation(out, n_val, sharded=not net.frozen)
-        stats = EpochStats(epoch, train_loss, train_acc, out.loss, out.accuracy, lr_now, time.perf_counter() - t0)
+    for epoch in range(1, config.epochs + 1):
+        stats, out = _epoch(train_module, step_module, inputs, net, epoch, optimizer, scheduler, loss_fn, scaler,
+                            config, device, n_val)
         history.append(stats)
-        log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs)", epoch, epochs,
-                 train_loss, train_acc, out.loss, out.accuracy, stats.seconds)
         if callback is not None:
             callback(stats)
         # Equal accuracy, lower loss wins: on a few validation images accuracy often saturates early,
@@ -502,6 +547,5 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
             break
     if best_state is not None and best_epoch != history[-1].epoch:
         module.load_state_dict(best_state)
-    # Back to the default layout, so that this net and one loaded from disk compute identically.
-    net.to(memory_format=torch.contiguous_format).eval()
-    return FitResult(net, history, best_epoch, best_acc, time.perf_counter() - start, stopped_early, best_out)
+    return FitResult(net, history, best_epoch, best_acc, 0.0, stopped_early, best_out)
+
