@@ -1,40 +1,16 @@
 """The strategy advisor: which of the four strategies fits a dataset, and why.
 
-The rule has two inputs, both measured:
-
-* **size**: the median number of images per class. Below ``SMALL_PER_CLASS`` the
-  dataset is "small" (training many weights would overfit).
-* **domain**: one pass of an ImageNet-pretrained network (efficientnet_lite0, whose
-  weights ship with xfer, when available) over a class-balanced sample of the images
-  (``PROBE_PER_CLASS`` per class) gives two measurements:
-
-  - the **probe** (what decides): a linear classifier, cross-validated on the sample, on
-    the network's final features (what ``head`` trains on) and on its early stages'
-    pooled features (what ``truncate`` trains on). Final features that separate the
-    classes better mean the domain is close enough to ImageNet's for its late, specific
-    features to help ("similar"); early ones better mean only generic edges, colours
-    and textures transfer ("different"). This measures directly the choice the advisor
-    has to make between the two frozen strategies.
-  - the **confidence score** (the tie-breaker, when the two probe accuracies are equal, and
-    the first version's sole measure): the median over classes of the
-    per-class mean top-1 ImageNet softmax confidence, "similar" at or above
-    ``SIMILAR_CONFIDENCE``. Everyday photos make the network confident, synthetic
-    patterns do not; but printed digits scored 0.23-0.28, right at the threshold, and the
-    rule picked ``truncate`` where ``head`` measured better (an earlier ``bench/results/advisor.md``,
-    in git history).
+Two measured inputs decide. *Size*: the median images per class, "small" below
+``SMALL_PER_CLASS``. *Domain*: one pass of an ImageNet-pretrained network over a
+class-balanced sample; a linear probe, cross-validated, on its final features (what
+``head`` trains on) against its early stages' pooled features (what ``truncate`` trains
+on): final better means "similar" to ImageNet, early better "different"; a tie goes to
+the median per-class ImageNet confidence (``SIMILAR_CONFIDENCE``). Unmeasured (no weights
+offline), the domain is assumed similar.
 
 small+similar → head, small+different → truncate, large+similar → finetune,
-large+different → scratch. The thresholds were tuned against measurements by
-``bench/advisor.py`` (see ``bench/results/advisor.md``) on the flowers and synthetic patterns
-at 20, 100 and 300-508 images per class: at every one of those sizes a frozen body (head or
-truncate) beat training the body (finetune, scratch) under CPU-sized budgets (at the largest
-sizes by 0.6 points on the flowers and 4.6 on the patterns, with finetune's first stages frozen;
-by 4 or more before), so "large" starts above what was measured, at 1,000 images per class (the
-usual rule of thumb; not measured here). The printed digits of ``bench/make_digits.py`` were
-kept out of the confidence threshold's tuning, as a check; on them finetune now wins at 20 and
-300 per class, which this rule does not see (README, "The advisor").
-Without any pretrained weights available offline, nothing can be measured and the domain
-is assumed similar.
+large+different → scratch. How the thresholds were set and checked: README, "The advisor"
+(``bench/advisor.py``, ``bench/results/advisor.md``).
 """
 
 from __future__ import annotations
@@ -76,7 +52,7 @@ class SimilarityStats:
     """
 
     score: float
-    mean: float  # mean top-1 confidence over all sampled images (the first version's measure)
+    mean: float  # mean top-1 confidence over all sampled images
     per_class: dict[str, float]
     backbone: str
     images: int

@@ -47,17 +47,14 @@ class TrainConfig:
 
     epochs: int = 5
     batch_size: int = 32
-    # None: the strategy's default for AdamW (1e-3 for frozen bodies; 3e-3 for finetune, measured 94.7% and
-    # 95.5% vs 93.0% with 1e-3 on the flowers, and scratch), 1e-2 for SGD. See resolved().
+    # None: the strategy's default for AdamW (its table row; README, "The four strategies"), 1e-2 for SGD.
     lr: float | None = None
     optimizer: str = "adamw"  # "adamw" | "sgd"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     augment: bool = True  # random resized crop + horizontal flip
     # Frozen bodies: the clean view plus (cache_views - 1) augmented ones per image. One by default:
-    # extra views cost a body pass each and gave no measurable gain for `head` on the flowers
-    # (20-40 images per class: +0.8, -2.4, +0.8 points with 3 views), while 1 view makes `head`
-    # >10x faster than the tutorial loop at 10 epochs (bench/head_vs_tutorial.py).
+    # extra views cost a body pass each for no measurable gain (README, "`head` vs the tutorial loop").
     cache_views: int = 1
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     seed: int = 0
