@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
@@ -164,7 +165,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, folds: int = 4,
     return correct / len(labels)
 
 
-def recommend(report: DatasetReport, similarity: float | SimilarityStats | None | str = "measure",
+def recommend(report: DatasetReport, similarity: float | SimilarityStats | Literal["measure"] | None = "measure",
               device: DeviceInfo | None = None) -> Recommendation:
     """Pick a strategy for ``report`` and say why.
 

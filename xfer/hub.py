@@ -107,14 +107,9 @@ def _status(e: BaseException) -> int | None:
 
 
 def _network_error(e: BaseException) -> bool:
-    try:
-        import httpx2
+    import httpx2  # huggingface_hub's HTTP client
 
-        if isinstance(e, httpx2.TransportError):
-            return True
-    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
-        pass
-    return isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
 def _timed_out(e: BaseException) -> bool:
