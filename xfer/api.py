@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from . import distributed
-from .data import DatasetReport, ImageSource, load_dataset, split_dataset
+from .data import DatasetReport, ImageSource, class_name_problem, load_dataset, split_dataset
 from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
 from .errors import ConfigError, DataError
@@ -62,6 +62,15 @@ def default_backbone() -> tuple[str, str | None]:
     )
 
 
+def _check_classes(report: DatasetReport) -> None:
+    """The bounds a saved model's config.json is checked against: at most MAX_CLASSES classes, valid names."""
+    if len(report.classes) > MAX_CLASSES:
+        raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    for name in report.classes:
+        if (problem := class_name_problem(name)) is not None:
+            raise DataError(f"Class name {name!r} cannot be used ({problem}): rename the class.")
+
+
 def _as_report(data: str | os.PathLike | DatasetReport) -> DatasetReport:
     return data if isinstance(data, DatasetReport) else load_dataset(data)
 
@@ -97,8 +106,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
         raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
-    if len(report.classes) > MAX_CLASSES:  # the bound a saved model's config.json is checked against
-        raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    _check_classes(report)
     protect = [report.root] + ([data] if isinstance(data, (str, os.PathLike)) and Path(data).exists() else [])
     if out is not None:  # now, not after minutes of training: --out inside the data would replace the images
         check_output_folder(out, protect)
