@@ -2,6 +2,7 @@
 
 Read from the source (every import statement, also those inside functions or under
 ``TYPE_CHECKING``), so a cycle that only a lazy import keeps from failing is still found.
+``xfer/__init__``'s names imported on first use (``importlib``, PEP 562) are not import statements.
 """
 
 from __future__ import annotations

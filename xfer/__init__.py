@@ -10,7 +10,7 @@ The public API::
     model = xfer.load_model("models/flowers")
 """
 
-from .version import __version__  # noqa: F401  (re-exported)
+__version__ = "0.1.0"
 
 import os as _os
 

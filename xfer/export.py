@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .version import __version__
+from . import __version__
 from .errors import ConfigError, ModelError
 from .model import XferModel, load_model
 

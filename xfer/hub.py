@@ -113,14 +113,9 @@ def _network_error(e: BaseException) -> bool:
 
 
 def _timed_out(e: BaseException) -> bool:
-    try:
-        import httpx2
+    import httpx2  # huggingface_hub's HTTP client
 
-        if isinstance(e, httpx2.TimeoutException):
-            return True
-    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
-        pass
-    return isinstance(e, TimeoutError)
+    return isinstance(e, (httpx2.TimeoutException, TimeoutError))
 
 
 def _explain_http(e: BaseException, *, action: str, repo_id: str, token: str | None, endpoint: str,

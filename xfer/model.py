@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .version import __version__
+from . import __version__
 from .data.transforms import Preprocessing
 from .errors import ModelError, XferError
 from .modelconfig import FORMAT, FORMAT_VERSION, MAX_CONFIG_BYTES, build_config, description, timm_equivalent, validate
