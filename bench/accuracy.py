@@ -46,7 +46,7 @@ from xfer.data.folders import holdout_split
 from xfer.data.transforms import Preprocessing
 from xfer.engine import TrainConfig, fit
 from xfer.evaluation import metrics_from_predictions
-from xfer.nets.registry import _hub_checkpoint, get_backbone, pretrained_available
+from xfer.nets.registry import get_backbone, pretrained_available
 from xfer.nets.strategies import build_network, make_spec
 
 BACKBONE = "efficientnet_lite0"
@@ -136,7 +136,7 @@ def run_tutorial(train_items, val_items, classes, device, quick: bool) -> Row:
                          seed=SEED)
     size = 128 if quick else 224
     if not pretrained_available("vgg16"):
-        url, path = _hub_checkpoint(get_backbone("vgg16"))
+        url, path = get_backbone("vgg16").weights_location()
         return Row("tutorial: vgg16 (classifier[6] replaced)", "head", size, 2,
                    note=f"not run: VGG-16's ImageNet weights are not at {path} and this machine has no internet "
                         f"(download {url} there to include it)")

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xfer import distributed  # noqa: E402
 from xfer.data import load_dataset, split_dataset  # noqa: E402
+from xfer.data.pipeline import make_loader  # noqa: E402
 from xfer.data.transforms import ImageDataset, make_transform  # noqa: E402
 from xfer.device import select_device  # noqa: E402
-from xfer.engine import TrainConfig, evaluate, fit, make_loader  # noqa: E402
+from xfer.engine import TrainConfig, evaluate, fit  # noqa: E402
 from xfer.nets.registry import get_backbone  # noqa: E402
 from xfer.nets.strategies import build_network, make_spec  # noqa: E402
 

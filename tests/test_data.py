@@ -14,6 +14,9 @@ from PIL import Image
 from tests.conftest import make_color_dataset
 from xfer import DataError
 from xfer.data import (
+    DatasetReport,
+    check_class_name,
+    class_name_problem,
     extract_zip,
     find_class_root,
     flowers_dir,
@@ -119,6 +122,26 @@ def test_scan_reports_classes_counts_skips_and_duplicates(tmp_path):
     assert any("empty" in w and "dropped" in w for w in report.warnings)
     assert any("more than one class" in w for w in report.warnings)
     assert all(report.classes[label] == Path(p).parent.name for p, label in report.items)
+
+
+def test_one_rule_for_class_names_in_scans_and_typed_names(tmp_path):
+    assert check_class_name("  tabby cat ") == "tabby cat" and class_name_problem("été") is None
+    assert class_name_problem("x" * 255) is None  # a folder name's limit, in bytes
+    for bad in ("", "  ", ".", "..", "a/b", "a\\b", ".hidden", "__MACOSX", "x" * 256, "é" * 128):
+        assert class_name_problem(bad) is not None
+        with pytest.raises(DataError, match="cannot be used"):
+            check_class_name(bad)
+    root = make_color_dataset(tmp_path / "d", per_class=2)
+    (root / "red").rename(root / "back\\slash")  # a legal folder name on Linux, not a class name
+    make_color_dataset(root, {"__MACOSX": (1, 2, 3)}, per_class=2)  # junk: ignored, as in zips
+    report = scan_folder(root)
+    assert report.classes == ["blue", "green"]
+    assert any("back" in w and "cannot name a class" in w and "dropped" in w for w in report.warnings)
+    import xfer
+
+    bad = DatasetReport(report.root, ["blue", "a/b"], report.items)  # built by hand, not by a scan
+    with pytest.raises(DataError, match="'a/b' cannot be used"):
+        xfer.train(bad, backbone="resnet18", strategy="head", weights=None)
 
 
 def test_scan_descends_wrapper_folder_and_rejects_loose_images(tmp_path):

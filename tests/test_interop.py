@@ -259,6 +259,7 @@ BAD_FIELDS = {  # path in config.json -> (bad value, words the one-line error mu
     "xfer.classes": ([], "xfer.classes must be a list of 2..1000 class names, got 0"),
     "xfer.classes.1": ("cat", "xfer.classes names 'cat' twice"),
     "xfer.classes.2": ("", "xfer.classes[2] must be a non-empty name"),
+    "xfer.classes.0": ("a/b", "xfer.classes[0] must be a non-empty name of a class folder"),
     "xfer.network.dropout": (1.0, "xfer.network.dropout is 1.0, outside [0, 1)"),
     "xfer.network.strategy": ("distill", "Unknown strategy 'distill'"),
     "xfer.network.backbone": ("alexnet", "Unknown backbone 'alexnet'"),

@@ -21,6 +21,24 @@ def test_registry_lists_vgg16_first_and_the_others():
         get_backbone("alexnet9000")
 
 
+def test_register_refuses_a_name_already_taken():
+    from dataclasses import replace
+
+    from xfer.nets.registry import register
+
+    with pytest.raises(ConfigError, match="'resnet18' is already registered"):
+        register(replace(get_backbone("resnet18"), title="another ResNet-18"))
+    assert get_backbone("resnet18").title.startswith("ResNet-18")  # the first entry stays
+
+
+def test_weights_location_is_the_download_and_its_hub_cache_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    where = get_backbone("resnet18").weights_location()
+    assert where.url.startswith("https://") and where.url.endswith("/resnet18-f37072fd.pth")
+    assert where.path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert get_backbone("efficientnet_lite0").weights_location() is None  # shipped in a package, not downloaded
+
+
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_weights_carry_preprocessing_and_labels(name):
     b = get_backbone(name)
@@ -112,6 +130,18 @@ def test_truncate_keeps_only_early_stages():
     assert isinstance(cut2.head[1], nn.Linear) and cut2.head[1].in_features == 64  # layer1 width
     with pytest.raises(ConfigError, match="between 1 and 4"):
         make_spec("resnet18", "truncate", 4, cut=5)
+
+
+def test_truncated_body_is_what_truncate_trains_on():
+    from xfer.nets.strategies import backbone_network, classifier_layer, truncated_body
+
+    full = backbone_network("resnet18")
+    assert classifier_layer("resnet18", full) is full.fc and full.fc.out_features == 1000
+    body = truncated_body("resnet18", full, 2)
+    assert body[1] is full.layer1  # shares the network's modules
+    assert body.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 64)
+    net = build_network(make_spec("resnet18", "truncate", 4, cut=2))
+    assert [type(m) for m in net.body] == [type(m) for m in body]
 
 
 def test_finetune_body_learns_slower_than_head():

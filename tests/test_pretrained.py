@@ -150,17 +150,21 @@ def weights_server():
 
 def _point_vgg_at(monkeypatch, url: str, hub: Path) -> None:
     """VGG-16's checkpoint URL becomes ``url``; the hub cache is ``hub``; no remembered probes."""
-    from xfer.nets import registry as backbones
+    from xfer.nets import registry
 
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
-    real = backbones._hub_checkpoint
-    monkeypatch.setattr(backbones, "_hub_checkpoint", lambda b: (
-        (f"{url}/vgg16-397923af.pth", real(b)[1]) if b.name == "vgg16" else real(b)))
-    monkeypatch.setattr(backbones, "_PROBES", {})
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))  # torch.hub.set_dir, undone after the test
+    real = registry.Backbone.weights_location
+
+    def pointed(b):
+        where = real(b)
+        return where._replace(url=f"{url}/vgg16-397923af.pth") if b.name == "vgg16" else where
+
+    monkeypatch.setattr(registry.Backbone, "weights_location", pointed)
+    registry.forget_probes()
 
 
 def test_default_backbone_is_vgg16_when_its_weights_can_be_downloaded(tmp_path, monkeypatch):
-    from xfer.nets import registry as backbones
+    from xfer.nets import registry
 
     monkeypatch.delenv("XFER_OFFLINE", raising=False)
     with weights_server() as url:
@@ -172,8 +176,9 @@ def test_default_backbone_is_vgg16_when_its_weights_can_be_downloaded(tmp_path, 
         monkeypatch.delenv("XFER_OFFLINE")
     # The server is gone. The answer is remembered for PROBE_TTL_S; after that the network is asked again.
     assert xfer.default_backbone()[0] == "vgg16"
-    backbones._PROBES.update({k: (v[0] - backbones.PROBE_TTL_S, v[1]) for k, v in backbones._PROBES.items()})
+    monkeypatch.setattr(registry, "PROBE_TTL_S", 0.0)
     assert xfer.default_backbone()[0] == LITE  # connection refused
+    registry.forget_probes()
 
 
 def test_default_backbone_falls_back_to_lite0_without_vgg_weights(tmp_path, monkeypatch):

@@ -1,40 +1,16 @@
 """The strategy advisor: which of the four strategies fits a dataset, and why.
 
-The rule has two inputs, both measured:
-
-* **size**: the median number of images per class. Below ``SMALL_PER_CLASS`` the
-  dataset is "small" (training many weights would overfit).
-* **domain**: one pass of an ImageNet-pretrained network (efficientnet_lite0, whose
-  weights ship with xfer, when available) over a class-balanced sample of the images
-  (``PROBE_PER_CLASS`` per class) gives two measurements:
-
-  - the **probe** (what decides): a linear classifier, cross-validated on the sample, on
-    the network's final features (what ``head`` trains on) and on its early stages'
-    pooled features (what ``truncate`` trains on). Final features that separate the
-    classes better mean the domain is close enough to ImageNet's for its late, specific
-    features to help ("similar"); early ones better mean only generic edges, colours
-    and textures transfer ("different"). This measures directly the choice the advisor
-    has to make between the two frozen strategies.
-  - the **confidence score** (the tie-breaker, when the two probe accuracies are equal, and
-    the first version's sole measure): the median over classes of the
-    per-class mean top-1 ImageNet softmax confidence, "similar" at or above
-    ``SIMILAR_CONFIDENCE``. Everyday photos make the network confident, synthetic
-    patterns do not; but printed digits scored 0.23-0.28, right at the threshold, and the
-    rule picked ``truncate`` where ``head`` measured better (an earlier ``bench/results/advisor.md``,
-    in git history).
+Two measured inputs decide. *Size*: the median images per class, "small" below
+``SMALL_PER_CLASS``. *Domain*: one pass of an ImageNet-pretrained network over a
+class-balanced sample; a linear probe, cross-validated, on its final features (what
+``head`` trains on) against its early stages' pooled features (what ``truncate`` trains
+on): final better means "similar" to ImageNet, early better "different"; a tie goes to
+the median per-class ImageNet confidence (``SIMILAR_CONFIDENCE``). Unmeasured (no weights
+offline), the domain is assumed similar.
 
 small+similar → head, small+different → truncate, large+similar → finetune,
-large+different → scratch. The thresholds were tuned against measurements by
-``bench/advisor.py`` (see ``bench/results/advisor.md``) on the flowers and synthetic patterns
-at 20, 100 and 300-508 images per class: at every one of those sizes a frozen body (head or
-truncate) beat training the body (finetune, scratch) under CPU-sized budgets (at the largest
-sizes by 0.6 points on the flowers and 4.6 on the patterns, with finetune's first stages frozen;
-by 4 or more before), so "large" starts above what was measured, at 1,000 images per class (the
-usual rule of thumb; not measured here). The printed digits of ``bench/make_digits.py`` were
-kept out of the confidence threshold's tuning, as a check; on them finetune now wins at 20 and
-300 per class, which this rule does not see (README, "The advisor").
-Without any pretrained weights available offline, nothing can be measured and the domain
-is assumed similar.
+large+different → scratch. How the thresholds were set and checked: README, "The advisor"
+(``bench/advisor.py``, ``bench/results/advisor.md``).
 """
 
 from __future__ import annotations
@@ -42,13 +18,15 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
 from .data import DatasetReport, subsample
 from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
-from .nets.registry import get_backbone, list_backbones, load_pretrained, pretrained_available
+from .nets.registry import get_backbone, list_backbones, pretrained_available
+from .nets.strategies import backbone_network, classifier_layer, truncated_body
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +53,7 @@ class SimilarityStats:
     """
 
     score: float
-    mean: float  # mean top-1 confidence over all sampled images (the first version's measure)
+    mean: float  # mean top-1 confidence over all sampled images
     per_class: dict[str, float]
     backbone: str
     images: int
@@ -123,20 +101,15 @@ def similarity_stats(report: DatasetReport, backbone: str | None = None, per_cla
     ``head`` sees); the early stages, run again and pooled as ``truncate`` pools them, give
     the other probe's features.
     """
-    from .nets.strategies import _get  # the registry's dotted paths
-
     backbone = backbone or similarity_backbone()
     if backbone is None or not report.items:
         return None
     b = get_backbone(backbone)
     device = device or select_device("cpu")
-    net = b.make()
-    load_pretrained(net, backbone, "imagenet")
-    net.eval().to(device.device)
-    early = torch.nn.Sequential(*b.stages(net)[: b.default_cut], torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten()).eval()
+    net = backbone_network(backbone, "imagenet").eval().to(device.device)
+    early = truncated_body(backbone, net, b.default_cut).eval()
     grabbed: list[torch.Tensor] = []
-    hook = _get(net, b.head).register_forward_pre_hook(lambda m, args: grabbed.append(args[0].flatten(1).float()))
+    hook = classifier_layer(backbone, net).register_forward_pre_hook(lambda m, args: grabbed.append(args[0].flatten(1).float()))
     items = subsample(report.items, per_class or sample_per_class(len(report.classes)), seed=seed)
     pre = b.get_preprocessing()
     confidence: list[float] = []
@@ -192,7 +165,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, folds: int = 4,
     return correct / len(labels)
 
 
-def recommend(report: DatasetReport, similarity: float | SimilarityStats | None | str = "measure",
+def recommend(report: DatasetReport, similarity: float | SimilarityStats | Literal["measure"] | None = "measure",
               device: DeviceInfo | None = None) -> Recommendation:
     """Pick a strategy for ``report`` and say why.
 

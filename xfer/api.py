@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from . import distributed
-from .data import DatasetReport, ImageSource, load_dataset, split_dataset
+from .data import DatasetReport, ImageSource, class_name_problem, load_dataset, split_dataset
 from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
 from .errors import ConfigError, DataError
@@ -44,9 +44,9 @@ def default_backbone() -> tuple[str, str | None]:
     """
     if pretrained_available(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, None
-    from .nets.registry import _hub_checkpoint, weights_downloadable
+    from .nets.registry import weights_downloadable
 
-    url, path = _hub_checkpoint(get_backbone(DEFAULT_BACKBONE))
+    url, path = get_backbone(DEFAULT_BACKBONE).weights_location()
     if weights_downloadable(DEFAULT_BACKBONE):
         return DEFAULT_BACKBONE, (f"VGG-16's ImageNet weights (528 MB) will be downloaded from {url} to {path} "
                                   "when a model first uses them.")
@@ -60,6 +60,15 @@ def default_backbone() -> tuple[str, str | None]:
         f"VGG-16's ImageNet weights are not downloaded, so {FALLBACK_BACKBONE} (weights shipped with xfer) "
         f"is used. For VGG-16, run once with internet or put {url} at {path}."
     )
+
+
+def _check_classes(report: DatasetReport) -> None:
+    """The bounds a saved model's config.json is checked against: at most MAX_CLASSES classes, valid names."""
+    if len(report.classes) > MAX_CLASSES:
+        raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    for name in report.classes:
+        if (problem := class_name_problem(name)) is not None:
+            raise DataError(f"Class name {name!r} cannot be used ({problem}): rename the class.")
 
 
 def _as_report(data: str | os.PathLike | DatasetReport) -> DatasetReport:
@@ -120,8 +129,7 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
     if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
         raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
-    if len(report.classes) > MAX_CLASSES:  # the bound a saved model's config.json is checked against
-        raise DataError(f"{len(report.classes)} classes: xfer trains at most {MAX_CLASSES}. Merge or drop classes.")
+    _check_classes(report)
     protect = [report.root] + ([data] if isinstance(data, (str, os.PathLike)) and Path(data).exists() else [])
     if out is not None:  # now, not after minutes of training: --out inside the data would replace the images
         check_output_folder(out, protect)
@@ -207,8 +215,9 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
 
     ``data``: a dataset folder/zip/"flowers", a scanned report, or (image, class name or index) pairs.
     """
+    from .data.pipeline import make_loader
     from .data.transforms import ImageDataset, make_transform
-    from .engine import evaluate as run_eval, make_loader
+    from .engine import evaluate as run_eval
     from .evaluation import metrics_from_predictions
 
     _check_batch_size(batch_size)

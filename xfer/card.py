@@ -14,15 +14,12 @@ from transformers too; an xfer-only one (``truncate``) says that only xfer loads
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modelconfig import description, timm_loadable
 from .nets.strategies import STRATEGIES
-
-if TYPE_CHECKING:
-    from .model import XferModel
 
 #: The Hub repo holding the very ImageNet weights each backbone starts from (torchvision's
 #: ``DEFAULT`` weights, republished by timm). Only exact matches are listed: a backbone
@@ -105,6 +102,32 @@ def card_data(cfg: dict[str, Any], repo_id: str | None = None) -> ModelCardData:
     )
 
 
+def _metrics_lines(metrics: dict[str, Any], classes: list[str]) -> list[str]:
+    """The validation metrics section: accuracy, a per-class table and the confusion matrix (none if unmeasured)."""
+    acc = metrics.get("accuracy")
+    if not (isinstance(acc, (int, float)) and math.isfinite(acc)):
+        return []
+    out = ["## Validation metrics", "",
+           f"Accuracy **{acc:.1%}** on {metrics.get('num_images', '?')} held-out validation images.", "",
+           "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, v in (metrics.get("per_class") or {}).items():
+        out.append(f"| {_cell(c)} | {_pct(v.get('precision'))} | {_pct(v.get('recall'))} | "
+                   f"{float(v.get('f1', 0)):.2f} | {int(v.get('support', 0))} |")
+    out.append("")
+    cm = metrics.get("confusion_matrix")
+    if cm and len(cm) == len(classes) and len(classes) > MAX_CARD_MATRIX:
+        out += [f"The {len(classes)}x{len(classes)} confusion matrix is in `config.json` "
+                "(`xfer.metrics.confusion_matrix`).", ""]
+    elif cm and len(cm) == len(classes):
+        out += ["Confusion matrix (rows: true class, columns: predicted class):", "",
+                "| true \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
+                "|---|" + "---|" * len(classes)]
+        for c, row in zip(classes, cm):
+            out.append(f"| **{_cell(c)}** | " + " | ".join(str(int(n)) for n in row) + " |")
+        out.append("")
+    return out
+
+
 def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
     timm = timm_loadable(cfg)
     cfg = description(cfg)
@@ -136,26 +159,7 @@ def _body(cfg: dict[str, Any], repo_id: str | None) -> list[str]:
         out.append(f"| {i} | {_cell(c)} | {counts.get(c, '?')} |")
     out.append("")
 
-    acc = metrics.get("accuracy")
-    if isinstance(acc, (int, float)) and math.isfinite(acc):
-        out += ["## Validation metrics", "",
-                f"Accuracy **{acc:.1%}** on {metrics.get('num_images', '?')} held-out validation images.", "",
-                "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        for c, v in (metrics.get("per_class") or {}).items():
-            out.append(f"| {_cell(c)} | {_pct(v.get('precision'))} | {_pct(v.get('recall'))} | "
-                       f"{float(v.get('f1', 0)):.2f} | {int(v.get('support', 0))} |")
-        out.append("")
-        cm = metrics.get("confusion_matrix")
-        if cm and len(cm) == len(classes) and len(classes) > MAX_CARD_MATRIX:
-            out += [f"The {len(classes)}x{len(classes)} confusion matrix is in `config.json` "
-                    "(`xfer.metrics.confusion_matrix`).", ""]
-        elif cm and len(cm) == len(classes):
-            out += ["Confusion matrix (rows: true class, columns: predicted class):", "",
-                    "| true \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
-                    "|---|" + "---|" * len(classes)]
-            for c, row in zip(classes, cm):
-                out.append(f"| **{_cell(c)}** | " + " | ".join(str(int(n)) for n in row) + " |")
-            out.append("")
+    out += _metrics_lines(metrics, classes)
 
     if training:
         out += ["## Training arguments", "", "| argument | value |", "|---|---|"]
@@ -234,7 +238,3 @@ def render_card_from_config(cfg: dict[str, Any], repo_id: str | None = None) -> 
     card = ModelCard("---\n" + card_data(cfg, repo_id).to_yaml() + "\n---\n\n" + "\n".join(_body(cfg, repo_id)))
     return str(card)
 
-
-def render_card(model: "XferModel", repo_id: str | None = None) -> str:
-    """Markdown with YAML front matter in the Hugging Face model card format (no network access)."""
-    return render_card_from_config(model.config(), repo_id)

@@ -393,13 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the available backbones")
     sub.add_parser("strategies", help="list the four strategies")
-    for extend in EXTENSIONS:
-        extend(sub)
+    _add_hub_commands(sub)
+    _add_export_command(sub)
     return p
-
-
-#: Functions that add subcommands (e.g. the Hub's push/pull) to the parser.
-EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +407,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        _load_extensions()
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except XferError as e:
@@ -452,15 +447,7 @@ def _worker_error(e: BaseException) -> str | None:
     return f"{kind.rsplit('.', 1)[-1]}: {message}" if sep else last
 
 
-def _load_extensions() -> None:
-    """Hook for optional subcommands that live outside this file (none at the moment).
-
-    The Hub's push/pull are defined below and registered through :data:`EXTENSIONS`;
-    huggingface_hub is imported only when one of them runs, so other commands start fast.
-    """
-
-
-# --- the Hugging Face Hub: push / pull ------------------------------------------------------------------------
+# --- the Hugging Face Hub: push / pull (huggingface_hub is imported only when one of them runs) -----------------
 
 
 @command("push")
@@ -515,9 +502,6 @@ def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
-EXTENSIONS.append(_add_hub_commands)
-
-
 # --- export ------------------------------------------------------------------------------------------------
 
 
@@ -552,6 +536,3 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
                     help="the file format (onnx)")
     ex.add_argument("--out", required=True, type=Path, help="the file to write (NAME.onnx; replaced atomically)")
     ex.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-EXTENSIONS.append(_add_export_command)

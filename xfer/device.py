@@ -132,13 +132,10 @@ def _libc():
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory of any size for reuse; returns whether it is on.
 
-    By default glibc maps every block over 32 MB afresh from the kernel and unmaps it when it is
-    freed. A training step on a CPU allocates and frees dozens of such activations, and each
-    page of a fresh mapping faults in (and is zeroed) on first touch: measured here, a quarter of
-    a bare `finetune` step at 224 px and 10% of a training epoch's CPU time (``bench/cpu_runtime.py``;
-    at 160 px nothing). With mmap off and trimming off,
-    freed blocks are reused instead; :func:`release_freed_memory` (called when ``fit`` ends) gives
-    what is free back to the system. Process-wide and idempotent; Linux with glibc only;
+    By default glibc maps every block over 32 MB afresh and unmaps it when freed, so each of a
+    training step's large activations faults in fresh, zeroed pages; with mmap and trimming off they
+    are reused instead (measured: README, "Process settings"). :func:`release_freed_memory` (called
+    when ``fit`` ends) gives the free memory back. Process-wide and idempotent; Linux with glibc only;
     ``XFER_HOST_MALLOC=system`` keeps glibc's defaults.
     """
     with _malloc_lock:

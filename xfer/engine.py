@@ -480,6 +480,67 @@ def _cpu_output(out: EvalOutput | None) -> EvalOutput | None:
     return None if out is None else EvalOutput(out.loss, out.accuracy, out.probs.cpu(), out.targets.cpu())
 
 
+def _feature_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
+                    device: DeviceInfo, head_units: float, callback: Callback | None, cancel: CancelFlag | None,
+                    shard: tuple[int, int] | None, seed: int) -> tuple:
+    """A frozen body runs once per image (and view); the head then trains on the cached features, on the device.
+
+    Returns (module to train, train batches, validation batches, clock, clock units per image).
+    """
+    rank, world = shard or (0, 1)
+    n_train, n_val, bs, epochs = len(train_items), len(val_items), config.batch_size, config.epochs
+    gbs = bs * world
+    views = config.cache_views if config.augment else 1
+    # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
+    unit = 0.02
+    clock = _Clock(views * n_train + n_val + head_units * unit, callback, cancel, scale=world)
+    clock.check_cancel()
+    # Each process caches the features of its contiguous share of the images.
+    lo, hi = distributed.shard_bounds(n_train, rank, world)
+    vlo, vhi = distributed.shard_bounds(n_val, rank, world)
+    # Each image is decoded once for all its views (the clean one, then augmented ones); a
+    # frozen body has no gradients, so it runs in the device's larger inference batches.
+    fbs = device.feature_batch or bs
+    train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
+                                device)
+    val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
+    body = torch.compile(net.body) if config.compile else net.body
+    total = len(train_views) + len(val_views)
+    clock.new_phase()
+    # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
+    # validation features through the body as it is saved, so the metrics are exactly the returned model's.
+    with _fold(net, net.frozen_modules, config):
+        f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+            "features", 0, epochs, s, total, n * views, n * views))
+    vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
+        "features", 0, epochs, len(train_views) + s, total, n, n))
+    # Every process gets all the features, in the images' order (a no-op in one process).
+    f, labels = distributed.gather_rows(f, n_train), distributed.gather_rows(labels, n_train)
+    vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
+    # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
+    train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
+                                  seed=seed, drop_last=n_train > gbs, shard=shard)
+    return net.head, train_loader, FeatureBatches(vf, vl, 256), clock, unit
+
+
+def _image_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
+                  device: DeviceInfo, units: float, callback: Callback | None, cancel: CancelFlag | None,
+                  shard: tuple[int, int] | None, seed: int) -> tuple:
+    """A trained body sees the images every epoch; each process validates its share of them."""
+    rank, world = shard or (0, 1)
+    bs = config.batch_size
+    clock = _Clock(units, callback, cancel, scale=world)
+    clock.check_cancel()
+    vlo, vhi = distributed.shard_bounds(len(val_items), rank, world)
+    # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
+    train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=seed,
+                                 drop_last=len(train_items) > bs * world, persistent=True, cache_decoded=True,
+                                 shard=shard)
+    eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
+                                persistent=True, cache_decoded=True)
+    return net, train_loader, eval_loader, clock, 1.0
+
+
 def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, pre: Preprocessing,
          config: TrainConfig, device: DeviceInfo, callback: Callback | None,
          cancel: CancelFlag | None, resume: FitState | None = None, stop_after: int | None = None) -> FitResult:
@@ -515,52 +576,11 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     gbs = bs * world  # the global batch: one step of all processes together
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     per_epoch = (n_train // gbs) * gbs if n_train > gbs else n_train  # drop_last
-    # Each process caches the features of (and validates) its contiguous share of the images.
-    lo, hi = distributed.shard_bounds(n_train, rank, world)
-    vlo, vhi = distributed.shard_bounds(n_val, rank, world)
     per_epoch += n_val
 
-    if net.frozen:
-        views = config.cache_views if config.augment else 1
-        # Features dominate the cost; the head epochs on cached features are nearly free.
-        # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
-        unit = 0.02
-        clock = _Clock(views * n_train + n_val + part * per_epoch * unit, callback, cancel, scale=world)
-        clock.check_cancel()
-        # Each image is decoded once for all its views (the clean one, then augmented ones); a
-        # frozen body has no gradients, so it runs in the device's larger inference batches.
-        fbs = device.feature_batch or bs
-        train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
-                                    device)
-        val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
-        body = torch.compile(net.body) if config.compile else net.body
-        total = len(train_views) + len(val_views)
-        clock.new_phase()
-        # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
-        # validation features through the body as it is saved, so the metrics are exactly the returned model's.
-        with _fold(net, net.frozen_modules, config):
-            f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
-                "features", 0, epochs, s, total, n * views, n * views))
-        vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
-            "features", 0, epochs, len(train_views) + s, total, n, n))
-        # Every process gets all the features, in the images' order (a no-op in one process).
-        f, labels = distributed.gather_rows(f, n_train), distributed.gather_rows(labels, n_train)
-        vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
-        # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
-        train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
-                                      seed=seed, drop_last=n_train > gbs, shard=shard)
-        eval_loader = FeatureBatches(vf, vl, 256)
-        module: nn.Module = net.head
-    else:
-        unit = 1.0
-        clock = _Clock(part * per_epoch, callback, cancel, scale=world)
-        clock.check_cancel()
-        # Workers persist across epochs; on the GPU path decoded images stay on the GPU after epoch 1.
-        train_loader = image_batches(train_items, pre, [config.augment], bs, device, shuffle=True, seed=seed,
-                                     drop_last=n_train > gbs, persistent=True, cache_decoded=True, shard=shard)
-        eval_loader = image_batches(val_items[vlo:vhi], pre, [False], device.feature_batch or bs, device,
-                                    persistent=True, cache_decoded=True)
-        module = net
+    prepare = _feature_inputs if net.frozen else _image_inputs
+    module, train_loader, eval_loader, clock, unit = prepare(
+        net, train_items, val_items, pre, config, device, part * per_epoch, callback, cancel, shard, seed)
 
     optimizer = make_optimizer(net, strategy, config, device)
     total_steps = epochs * len(train_loader)

@@ -107,25 +107,34 @@ def _status(e: BaseException) -> int | None:
 
 
 def _network_error(e: BaseException) -> bool:
-    try:
-        import httpx2
+    import httpx2  # huggingface_hub's HTTP client
 
-        if isinstance(e, httpx2.TransportError):
-            return True
-    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
-        pass
-    return isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
 def _timed_out(e: BaseException) -> bool:
-    try:
-        import httpx2
+    import httpx2  # huggingface_hub's HTTP client
 
-        if isinstance(e, httpx2.TimeoutException):
-            return True
-    except ImportError:  # pragma: no cover - huggingface_hub 2.x ships it
-        pass
-    return isinstance(e, TimeoutError)
+    return isinstance(e, (httpx2.TimeoutException, TimeoutError))
+
+
+def _explain_http(e: BaseException, *, action: str, repo_id: str, token: str | None, endpoint: str,
+                  login: str) -> str:
+    """:func:`_explain` for an HTTP error status from the Hub."""
+    status = _status(e)
+    if status == 401:
+        if token or _secrets(None):
+            return (f"The Hub rejected the token (401 Unauthorized) while trying to {action} {repo_id}: "
+                    f"check it, or {login} again.")
+        return f"You must be logged in to {action} {repo_id} (401 Unauthorized): {login}."
+    if status == 403:
+        return (f"The token may not {action} {repo_id} (403 Forbidden): use a token with write access to "
+                f"the '{repo_id.split('/')[0]}' namespace, or push to your own namespace.")
+    if status is not None and status >= 500:
+        return (f"The Hub at {endpoint} failed (HTTP {status}) while trying to {action} {repo_id}: "
+                "nothing local was changed; try again later.")
+    server = getattr(e, "server_message", None) or _first_line(e)
+    return f"The Hub refused to {action} {repo_id} (HTTP {status}: {server})."
 
 
 def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | None, token: str | None,
@@ -169,20 +178,7 @@ def _explain(e: BaseException, *, action: str, repo_id: str, revision: str | Non
         return (f"{repo_id}{_at(revision)} lists a file the Hub cannot serve ({_first_line(e)}): "
                 "push the model again, or pull another revision.")
     if isinstance(e, HfHubHTTPError):
-        status = _status(e)
-        if status == 401:
-            if token or _secrets(None):
-                return (f"The Hub rejected the token (401 Unauthorized) while trying to {action} {repo_id}: "
-                        f"check it, or {login} again.")
-            return f"You must be logged in to {action} {repo_id} (401 Unauthorized): {login}."
-        if status == 403:
-            return (f"The token may not {action} {repo_id} (403 Forbidden): use a token with write access to "
-                    f"the '{repo_id.split('/')[0]}' namespace, or push to your own namespace.")
-        if status is not None and status >= 500:
-            return (f"The Hub at {endpoint} failed (HTTP {status}) while trying to {action} {repo_id}: "
-                    "nothing local was changed; try again later.")
-        server = getattr(e, "server_message", None) or _first_line(e)
-        return f"The Hub refused to {action} {repo_id} (HTTP {status}: {server})."
+        return _explain_http(e, action=action, repo_id=repo_id, token=token, endpoint=endpoint, login=login)
     if isinstance(e, LocalEntryNotFoundError):
         return (f"Could not reach the Hub at {endpoint} and {repo_id}{_at(revision)} is not in the local cache: "
                 "check your connection (or HF_ENDPOINT) and try again.")

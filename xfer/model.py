@@ -159,7 +159,7 @@ def expected_weight_shapes(desc: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 def _write_files(model: XferModel, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from .card import render_card_from_config
+    from .card import render_card_from_config  # here, not at the top: it imports huggingface_hub
 
     config = model.config()
     state = to_file_layout(model.net.state_dict(), config["xfer"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .data.folders import MAX_CLASS_NAME, class_name_problem
 from .errors import ModelError
 from .nets.timm_map import TimmArch, crop_pct, timm_arch
 
@@ -33,7 +34,6 @@ FORMAT_VERSION = 2
 IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 1024
 #: Most classes a model may have (training refuses more); bounds the confusion matrix at 1000x1000.
 MAX_CLASSES = 1000
-MAX_CLASS_NAME = 255  # characters; a class name is a folder name
 MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 4, 16384
 MAX_HISTORY = 10_000  # epochs recorded in "history"
 MAX_CONFIG_BYTES = 16 * 1024**2
@@ -150,9 +150,10 @@ def _check_classes(classes: Any) -> list[str]:
         n = len(classes) if isinstance(classes, list) else _show(classes)
         _fail("classes", f"must be a list of 2..{MAX_CLASSES} class names, got {n}")
     for i, c in enumerate(classes):
-        if not isinstance(c, str) or not c.strip() or len(c) > MAX_CLASS_NAME:
-            _fail(f"classes[{i}]", f"must be a non-empty name of at most {MAX_CLASS_NAME} characters, "
-                                   f"got {_show(c)}")
+        problem = class_name_problem(c) if isinstance(c, str) else "it is not a string"
+        if problem is not None:
+            _fail(f"classes[{i}]", f"must be a non-empty name of a class folder (at most {MAX_CLASS_NAME} bytes), "
+                                   f"got {_show(c)}: {problem}")
     if len(set(classes)) != len(classes):
         dup = next(c for i, c in enumerate(classes) if c in classes[:i])
         _fail("classes", f"names {_show(dup)} twice")
@@ -275,6 +276,18 @@ def _check_timm_keys(cfg: dict[str, Any], desc: dict[str, Any]) -> None:
         _fail("!pretrained_cfg.num_classes", f"is {_show(pc.get('num_classes'))}, not {len(desc['classes'])}")
 
 
+def _check_records(desc: dict[str, Any]) -> None:
+    """The free-form records (training arguments, dataset, recommendation, history) have the right shape."""
+    for key in ("training", "dataset"):
+        if not isinstance(desc.get(key, {}), dict):
+            _fail(key, "must be an object")
+    if desc.get("recommendation") is not None and not isinstance(desc["recommendation"], dict):
+        _fail("recommendation", "must be an object or null")
+    history = desc.get("history", [])
+    if not isinstance(history, list) or len(history) > MAX_HISTORY or any(not isinstance(h, dict) for h in history):
+        _fail("history", f"must be a list of at most {MAX_HISTORY} epoch records")
+
+
 def validate(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """Check parsed config.json content (either format) field by field; returns its description.
 
@@ -311,14 +324,7 @@ def validate(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             _fail("pretrained_weights", f"is {_show(desc.get('pretrained_weights'))}; expected one of "
                                         f"{', '.join(PRETRAINED_WEIGHTS)}")
         _check_metrics(desc.get("metrics", {}), classes)
-        for key in ("training", "dataset"):
-            if not isinstance(desc.get(key, {}), dict):
-                _fail(key, "must be an object")
-        if desc.get("recommendation") is not None and not isinstance(desc["recommendation"], dict):
-            _fail("recommendation", "must be an object or null")
-        history = desc.get("history", [])
-        if not isinstance(history, list) or len(history) > MAX_HISTORY or any(not isinstance(h, dict) for h in history):
-            _fail("history", f"must be a list of at most {MAX_HISTORY} epoch records")
+        _check_records(desc)
         if version >= 2:
             _check_timm_keys(cfg, desc)
         elif desc["weights_layout"] != "xfer":

@@ -9,7 +9,9 @@ from .flowers import FLOWERS_CLASSES, cache_dir, flowers_dir
 from .folders import (
     DatasetReport,
     Skipped,
+    check_class_name,
     check_trainable,
+    class_name_problem,
     find_class_root,
     lookalike_classes,
     scan_folder,
@@ -27,7 +29,8 @@ from .sources import load_dataset
 
 __all__ = [
     "FLOWERS_CLASSES", "IMAGE_EXTENSIONS", "MAX_ARCHIVE_FILES", "MAX_EXTRACT_BYTES", "MAX_IMAGE_PIXELS",
-    "DatasetReport", "ImageSource", "Skipped", "cache_dir", "check_trainable", "extract_zip", "find_class_root",
+    "DatasetReport", "ImageSource", "Skipped", "cache_dir", "check_class_name", "check_trainable",
+    "class_name_problem", "extract_zip", "find_class_root",
     "flowers_dir", "is_junk", "load_dataset", "lookalike_classes", "open_image", "read_regular_file", "scan_folder",
     "split_dataset", "subsample",
 ]

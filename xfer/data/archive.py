@@ -10,6 +10,7 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from ..errors import DataError
 from .images import JUNK_NAMES
@@ -51,6 +52,95 @@ def _undo(dest: Path, fresh: bool, created: list[Path]) -> None:
             path.rmdir() if path.is_dir() else path.unlink()
 
 
+def _too_big(max_bytes: int) -> DataError:
+    return DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
+
+
+def _refuse_from_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int) -> None:
+    """Refuse an archive before anything is written: too many entries, too large, or a zip bomb.
+
+    The sizes come from the headers, which may lie; the bytes written are counted again.
+    """
+    if len(infos) > max_files:
+        raise DataError(f"The archive holds {len(infos)} entries, over the limit of {max_files}.")
+    for info in infos:
+        if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise DataError(
+                f"{info.filename} inflates {info.file_size // max(info.compress_size, 1)}x "
+                "(a zip bomb?): the archive was refused."
+            )
+    total = sum(i.file_size for i in infos if not i.is_dir())
+    packed = max(sum(i.compress_size for i in infos if not i.is_dir()), 1)
+    if total > max_bytes:
+        raise _too_big(max_bytes)
+    if total > BOMB_MIN_TOTAL_BYTES and total > MAX_COMPRESSION_RATIO * packed:
+        raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
+
+
+def _member_path(info: zipfile.ZipInfo) -> tuple[PurePosixPath | None, str | None]:
+    """(the member's relative path, None), or (None, why it is skipped); (None, None): junk, ignored."""
+    rel = _safe_member_path(info.filename)
+    if rel is None:
+        return None, "unsafe path (absolute or ..), skipped"
+    if any(is_junk(p) for p in rel.parts):
+        return None, None
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return None, "symbolic link, skipped"
+    return rel, None
+
+
+def _create(dest: Path, target: Path, created: list[Path]) -> BinaryIO | str:
+    """The new file ``target`` (and its folders) open for writing, or why it cannot be created."""
+    try:
+        for d in reversed(target.relative_to(dest).parents[:-1]):
+            if not (dest / d).exists():
+                (dest / d).mkdir()
+                created.append(dest / d)
+        out = open(target, "xb")  # never overwrites: a name is written once
+        created.append(target)
+        return out
+    except FileExistsError:
+        return "a file of this name is already there, skipped"
+    except OSError as e:
+        if e.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
+            raise
+        return "file name not allowed on this system, skipped"
+
+
+def _write_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: PurePosixPath, dest: Path,
+                  created: list[Path], written: int, max_bytes: int) -> tuple[int, str | None]:
+    """Write one member at ``dest/rel``; returns the archive's bytes written so far and a skip reason (or None)."""
+    target = dest.joinpath(*rel.parts)
+    if not target.resolve().is_relative_to(dest.resolve()):
+        return written, "unsafe path, skipped"
+    out = _create(dest, target, created)
+    if isinstance(out, str):
+        return written, out
+    with zf.open(info) as src, out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > max_bytes:
+                raise _too_big(max_bytes)
+            out.write(chunk)
+    return written, None
+
+
+def _extract_members(zf: zipfile.ZipFile, dest: Path, created: list[Path], max_bytes: int) -> list[tuple[str, str]]:
+    skipped: list[tuple[str, str]] = []
+    written = 0
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        rel, reason = _member_path(info)
+        if rel is not None:
+            if written + info.file_size > max_bytes:
+                raise _too_big(max_bytes)
+            written, reason = _write_member(zf, info, rel, dest, created, written, max_bytes)
+        if reason is not None:
+            skipped.append((info.filename, reason))
+    return skipped
+
+
 def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                 max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> list[tuple[str, str]]:
     """Extract a zip into ``dest`` safely; return the (member, reason) pairs that were skipped.
@@ -63,7 +153,6 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
     long) are skipped.
     """
     dest = Path(dest)
-    skipped: list[tuple[str, str]] = []
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
@@ -71,69 +160,13 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
     except OSError as e:
         raise DataError(f"Cannot read {Path(archive).name}: {e.strerror or e}.") from None
     with zf:
-        infos = zf.infolist()
-        if len(infos) > max_files:
-            raise DataError(f"The archive holds {len(infos)} entries, over the limit of {max_files}.")
-        # Refuse from the headers before writing anything; the byte count below still guards against lies.
-        for info in infos:
-            if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-                raise DataError(
-                    f"{info.filename} inflates {info.file_size // max(info.compress_size, 1)}x "
-                    "(a zip bomb?): the archive was refused."
-                )
-        total = sum(i.file_size for i in infos if not i.is_dir())
-        packed = max(sum(i.compress_size for i in infos if not i.is_dir()), 1)
-        if total > max_bytes:
-            raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
-        if total > BOMB_MIN_TOTAL_BYTES and total > MAX_COMPRESSION_RATIO * packed:
-            raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
+        _refuse_from_headers(zf.infolist(), max_bytes, max_files)
         # On failure only what this call created is removed: a dest that existed keeps its other files.
         fresh = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
-        written = 0
         created: list[Path] = []
         try:
-            for info in infos:
-                if info.is_dir():
-                    continue
-                rel = _safe_member_path(info.filename)
-                if rel is None:
-                    skipped.append((info.filename, "unsafe path (absolute or ..), skipped"))
-                    continue
-                if any(is_junk(p) for p in rel.parts):
-                    continue
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    skipped.append((info.filename, "symbolic link, skipped"))
-                    continue
-                if written + info.file_size > max_bytes:
-                    raise DataError(f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data.")
-                target = dest.joinpath(*rel.parts)
-                if not target.resolve().is_relative_to(dest.resolve()):
-                    skipped.append((info.filename, "unsafe path, skipped"))
-                    continue
-                try:
-                    for d in reversed(target.relative_to(dest).parents[:-1]):
-                        if not (dest / d).exists():
-                            (dest / d).mkdir()
-                            created.append(dest / d)
-                    out = open(target, "xb")  # never overwrites: a name is written once
-                    created.append(target)
-                except FileExistsError:
-                    skipped.append((info.filename, "a file of this name is already there, skipped"))
-                    continue
-                except OSError as e:
-                    if e.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
-                        raise
-                    skipped.append((info.filename, "file name not allowed on this system, skipped"))
-                    continue
-                with zf.open(info) as src, out:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise DataError(
-                                f"The archive inflates past the {max_bytes // 2**20} MB limit: upload less data."
-                            )
-                        out.write(chunk)
+            skipped = _extract_members(zf, dest, created, max_bytes)
         except DataError:
             _undo(dest, fresh, created)
             raise
@@ -143,5 +176,3 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
     for name, reason in skipped:
         log.warning("%s: %s", name, reason)
     return skipped
-
-

@@ -171,9 +171,41 @@ def find_class_root(root: Path) -> Path:
     return root
 
 
-def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | None = None) -> DatasetReport:
-    """Scan a folder of class folders: decode every file, report what is usable."""
-    root = Path(root)
+#: The longest class name, in UTF-8 bytes: a class name is a folder name, and file systems stop there.
+MAX_CLASS_NAME = 255
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a class (a folder of a dataset), or None if it can.
+
+    The one rule for class names: for folders found by a scan, names typed in the app, the
+    classes :func:`xfer.train` is given and those a saved ``config.json`` lists. A class name is a
+    single visible folder name (not a dot file or ``__MACOSX``-style junk) of at most
+    ``MAX_CLASS_NAME`` bytes. (Names that differ only in case or Unicode form are refused as a
+    set: :func:`lookalike_classes`.)
+    """
+    if not name.strip():
+        return "it is empty"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return "it is not a single folder name"
+    if is_junk(name):
+        return "folders named like that (dot files, __MACOSX, ...) are ignored"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_CLASS_NAME:
+        return f"it is longer than a folder name may be ({MAX_CLASS_NAME} bytes)"
+    return None
+
+
+def check_class_name(name: str) -> str:
+    """``name`` without surrounding spaces, or a :class:`DataError` saying why it cannot name a class."""
+    name = (name or "").strip()
+    problem = class_name_problem(name)
+    if problem is not None:
+        raise DataError(f"Class name {name!r} cannot be used ({problem}): use letters, digits and spaces.")
+    return name
+
+
+def _class_folders(root: Path) -> tuple[Path, list[Path], list[Path], list[Path]]:
+    """(the folder holding the classes, its class folders, the links and the images lying beside them)."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give a folder (or .zip) with one sub-folder per class.")
     root = find_class_root(root)
@@ -187,37 +219,69 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
                 f"{root} holds images but no class folders: put each class's images in a sub-folder named after the class."
             )
         raise DataError(f"{root} is empty: it needs one sub-folder of images per class.")
-    report = DatasetReport(root=root, classes=[], items=[])
-    for p in loose:
-        report.skipped.append(Skipped(str(p), "not inside a class folder"))
-    for p in linked:
-        report.skipped.append(Skipped(str(p), "symbolic link (links are never followed)"))
+    return root, class_dirs, linked, loose
 
+
+def _file_problem(p: Path) -> str | None:
+    """Why the file ``p`` (in a class folder) is not a candidate image, or None."""
+    try:
+        mode = p.lstat().st_mode
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if not stat.S_ISREG(mode):  # a FIFO would block the scan forever; a device may never end
+        return "not a regular file (a pipe, socket or device)"
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({p.suffix or 'no extension'})"
+    return None
+
+
+def _image_files(class_dirs: list[Path], skipped: list[Skipped]) -> list[tuple[Path, str]]:
+    """(file, class name) for every file that may be an image; the others are added to ``skipped``."""
     candidates: list[tuple[Path, str]] = []
     for d in class_dirs:
         for dirpath, dirnames, filenames in os.walk(d, followlinks=False):
             for n in sorted(dirnames):
                 if not is_junk(n) and (Path(dirpath) / n).is_symlink():
-                    report.skipped.append(Skipped(str(Path(dirpath) / n), "symbolic link (links are never followed)"))
+                    skipped.append(Skipped(str(Path(dirpath) / n), "symbolic link (links are never followed)"))
             dirnames[:] = sorted(n for n in dirnames if not is_junk(n) and not (Path(dirpath) / n).is_symlink())
             for n in sorted(filenames):
-                p = Path(dirpath) / n
                 if is_junk(n):
                     continue
-                try:
-                    mode = p.lstat().st_mode
-                except OSError as e:
-                    report.skipped.append(Skipped(str(p), f"unreadable ({e.strerror or e})"))
-                    continue
-                if stat.S_ISLNK(mode):
-                    report.skipped.append(Skipped(str(p), "symbolic link"))
-                elif not stat.S_ISREG(mode):  # a FIFO would block the scan forever; a device may never end
-                    report.skipped.append(Skipped(str(p), "not a regular file (a pipe, socket or device)"))
-                elif p.suffix.lower() not in IMAGE_EXTENSIONS:
-                    report.skipped.append(Skipped(str(p), f"not an image file ({p.suffix or 'no extension'})"))
-                else:
+                p = Path(dirpath) / n
+                problem = _file_problem(p)
+                if problem is None:
                     candidates.append((p, d.name))
+                else:
+                    skipped.append(Skipped(str(p), problem))
+    return candidates
 
+
+def _report_duplicates(report: DatasetReport, by_hash: dict[str, list[str]]) -> None:
+    """Fill in the groups of identical and of near-duplicate files among the kept images, with warnings."""
+    report.duplicates = [sorted(g) for g in by_hash.values() if len(g) > 1]
+    cross = [g for g in report.duplicates if len({Path(p).parent for p in g}) > 1]
+    if cross:
+        report.warnings.append(f"{len(cross)} images appear in more than one class (identical files)")
+    kept = {p for p, _ in report.items}
+    identical = {p for g in report.duplicates for p in g}
+    report.near_duplicates = [sorted(map(str, g)) for g in near_duplicate_groups(
+        {p: f for p, f in report.fingerprints.items() if p in kept}) if not {str(p) for p in g} <= identical]
+    near_cross = [g for g in report.near_duplicates if len({Path(p).parent for p in g}) > 1]
+    if near_cross:
+        report.warnings.append(f"{len(near_cross)} near-duplicate images appear in more than one class")
+
+
+def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | None = None) -> DatasetReport:
+    """Scan a folder of class folders: decode every file, report what is usable."""
+    root, class_dirs, linked, loose = _class_folders(Path(root))
+    report = DatasetReport(root=root, classes=[], items=[])
+    for p in loose:
+        report.skipped.append(Skipped(str(p), "not inside a class folder"))
+    for p in linked:
+        report.skipped.append(Skipped(str(p), "symbolic link (links are never followed)"))
+    candidates = _image_files(class_dirs, report.skipped)
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
         results = list(pool.map(lambda c: _check_file(c[0]), candidates))
 
@@ -232,28 +296,21 @@ def scan_folder(root: str | os.PathLike, min_images: int = 1, workers: int | Non
         report.fingerprints[path] = fingerprint
     for d in class_dirs:
         n = len(by_class.get(d.name, []))
-        if n < max(min_images, 1):
+        problem = class_name_problem(d.name)
+        if problem is not None:
+            report.warnings.append(f"class folder {d.name!r} cannot name a class ({problem}): dropped")
+        elif n < max(min_images, 1):
             report.warnings.append(
                 f"class {d.name!r} has {n} usable image{'s' * (n != 1)} (needs {max(min_images, 1)}): dropped"
             )
-            continue
-        report.classes.append(d.name)
+        else:
+            report.classes.append(d.name)
     for idx, cls in enumerate(report.classes):
         report.items += [(p, idx) for p in by_class[cls]]
     for group in lookalike_classes(report.classes):
         report.warnings.append(f"classes {_lookalike_text(group)}: rename one of the folders "
                                "(training refuses classes named alike)")
-    report.duplicates = [sorted(g) for g in by_hash.values() if len(g) > 1]
-    cross = [g for g in report.duplicates if len({Path(p).parent for p in g}) > 1]
-    if cross:
-        report.warnings.append(f"{len(cross)} images appear in more than one class (identical files)")
-    kept = {p for p, _ in report.items}
-    identical = {p for g in report.duplicates for p in g}
-    report.near_duplicates = [sorted(map(str, g)) for g in near_duplicate_groups(
-        {p: f for p, f in report.fingerprints.items() if p in kept}) if not {str(p) for p in g} <= identical]
-    near_cross = [g for g in report.near_duplicates if len({Path(p).parent for p in g}) > 1]
-    if near_cross:
-        report.warnings.append(f"{len(near_cross)} near-duplicate images appear in more than one class")
+    _report_duplicates(report, by_hash)
     for s in report.skipped:
         log.info("skipped %s: %s", s.path, s.reason)
     return report

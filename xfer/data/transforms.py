@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -80,6 +79,3 @@ def batch_images(images: Sequence[ImageSource], pre: Preprocessing) -> torch.Ten
     t = make_transform(pre, train=False)
     return torch.stack([t(open_image(img, max_side=2 * pre.resize_size)) for img in images])
 
-
-def describe(item: ImageSource) -> str:
-    return str(item) if isinstance(item, (str, Path)) else type(item).__name__

