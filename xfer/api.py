@@ -23,6 +23,7 @@ from .model import XferModel
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
 from .outputs import check_output_folder
+from .presets import DEFAULT_PRESET, get_preset
 
 if TYPE_CHECKING:
     from .engine import Callback, CancelFlag, FitState, TrainConfig
@@ -75,13 +76,18 @@ def _as_report(data: str | os.PathLike | DatasetReport) -> DatasetReport:
     return data if isinstance(data, DatasetReport) else load_dataset(data)
 
 
-def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str = "auto",
-          weights: str | os.PathLike | None = "imagenet", image_size: int = 224, val_fraction: float = 0.2,
+def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str | None = None,
+          weights: str | os.PathLike | None = "imagenet", image_size: int | None = None, val_fraction: float = 0.2,
           config: TrainConfig | None = None, device: DeviceInfo | None = None, cut: int | None = None,
           reinit: int = 0, frozen_stages: int | None = None, out: str | os.PathLike | None = None,
-          callback: Callback | None = None, cancel: CancelFlag | None = None) -> XferModel:
+          callback: Callback | None = None, cancel: CancelFlag | None = None,
+          preset: str | None = DEFAULT_PRESET) -> XferModel:
     """Train a classifier on ``data`` (a folder, a zip, "flowers" or a scanned report).
 
+    ``preset`` ("quick", the default, or "best"; see :mod:`xfer.presets`) fills in what is not given:
+    ``backbone``, ``strategy``, ``image_size``, ``frozen_stages`` (for its own strategy and backbone) and,
+    when ``config`` is None, the hyper-parameters; on a GPU its GPU settings apply. ``preset=None``: no
+    preset (the default backbone, ``strategy="auto"``, 224 px, ``TrainConfig()``).
     ``strategy="auto"`` asks the advisor. ``weights`` is "imagenet", a state dict
     path, or None/"none" for random weights. ``frozen_stages``: how many leading
     backbone stages ``finetune`` keeps frozen (None: the backbone's default; 0: none).
@@ -96,7 +102,7 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
     """
     return _train(data, backbone=backbone, strategy=strategy, weights=weights, image_size=image_size,
                   val_fraction=val_fraction, config=config, device=device, cut=cut, reinit=reinit,
-                  frozen_stages=frozen_stages, out=out, callback=callback, cancel=cancel)
+                  frozen_stages=frozen_stages, out=out, callback=callback, cancel=cancel, preset=preset)
 
 
 def train_part(data: str | os.PathLike | DatasetReport, *, resume: FitState | None, stop_after: int,
@@ -111,21 +117,23 @@ def train_part(data: str | os.PathLike | DatasetReport, *, resume: FitState | No
     return _train(data, resume=resume, stop_after=stop_after, **kwargs)
 
 
-def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str = "auto",
-           weights: str | os.PathLike | None = "imagenet", image_size: int = 224, val_fraction: float = 0.2,
+def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = None, strategy: str | None = None,
+           weights: str | os.PathLike | None = "imagenet", image_size: int | None = None, val_fraction: float = 0.2,
            config: TrainConfig | None = None, device: DeviceInfo | None = None, cut: int | None = None,
            reinit: int = 0, frozen_stages: int | None = None, out: str | os.PathLike | None = None,
            callback: Callback | None = None, cancel: CancelFlag | None = None, resume: FitState | None = None,
-           stop_after: int | None = None) -> XferModel | FitState:
+           stop_after: int | None = None, preset: str | None = DEFAULT_PRESET) -> XferModel | FitState:
     from .advisor import recommend
     from .engine import TrainConfig, fit
     from .evaluation import metrics_from_predictions
     from .model import save_model
     from .nets.strategies import STRATEGIES, build_network, make_spec
 
-    config = config or TrainConfig()
-    config.validate()  # before scanning the data and building the network, not minutes later in fit
     device = device or select_device(distributed.device_name("auto"))
+    chosen = get_preset(preset).on(device.type) if preset is not None else None
+    config = config or (chosen.train_config() if chosen else TrainConfig())
+    config.validate()  # before scanning the data and building the network, not minutes later in fit
+    image_size = image_size if image_size is not None else (chosen.image_size if chosen else 224)
     if not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX:
         raise ConfigError(f"image size must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX} pixels, got {image_size}.")
     report = _as_report(data)
@@ -134,15 +142,18 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
     if out is not None:  # now, not after minutes of training: --out inside the data would replace the images
         check_output_folder(out, protect)
     train_items, val_items = split_dataset(report, val_fraction, seed=config.seed)
-    backbone = backbone or default_backbone()[0]
+    backbone = backbone or (chosen.backbone if chosen and chosen.backbone else default_backbone()[0])
     weights = None if weights in (None, "none") else weights
     rec = None
+    strategy = strategy or (chosen.strategy if chosen else "auto")
     if strategy == "auto":
         rec = recommend(report, device=device)
         strategy = rec.strategy
     elif strategy not in STRATEGIES:
         raise ConfigError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)} or auto.")
     config = config.resolved(strategy)
+    if frozen_stages is None and chosen:
+        frozen_stages = chosen.frozen_for(strategy, backbone)
     spec = make_spec(backbone, strategy, len(report.classes), cut=cut, frozen_stages=frozen_stages)
     # A resumed part gets every weight from its state: loading ImageNet's first would only cost time.
     net = build_network(spec, weights=None if resume is not None else weights,
@@ -161,7 +172,7 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
         net=result.net, spec=spec, classes=list(report.classes), preprocessing=pre,
         weights="none" if weights is None or strategy == "scratch" else
         ("imagenet" if str(weights) == "imagenet" else "file"),
-        training={**config.to_dict(), "image_size": image_size, "val_fraction": val_fraction,
+        training={"preset": preset, **config.to_dict(), "image_size": image_size, "val_fraction": val_fraction,
                   "device": device.name, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
                   "stopped_early": result.stopped_early, "num_train": len(train_items),
                   "num_val": len(val_items), "world_size": world, **({"cut": spec.cut} if spec.cut else {}),

@@ -138,8 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .api import default_backbone, train
     from .device import configure_runtime, select_device
-    from .engine import TrainConfig
     from .outputs import check_output_folder
+    from .presets import get_preset
     from .run import TrainingRun
 
     with _quiet(not distributed.is_main()):
@@ -153,21 +153,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = distributed.world_size()
     with distributed.stopped_as_error(), _quiet(not distributed.is_main()), _dataset(source) as report:
         print(report.summary(), file=sys.stderr)
-        backbone = args.backbone
+        preset = get_preset(args.preset).on(device.type)
+        backbone = args.backbone or preset.backbone
         if backbone is None:
             backbone, note = default_backbone()
             if note:
                 print(f"note: {note}", file=sys.stderr)
         print(f"device: {device.name}" + (f", {world} processes (torchrun): batch {args.batch_size} per process, "
               f"{args.batch_size * world} per step" if world > 1 else ""), file=sys.stderr)
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                             augment=not args.no_augment, cache_views=args.cache_views, patience=args.patience,
-                             seed=args.seed, compile=args.compile)
+        print(_preset_line(preset, args), file=sys.stderr)
+        # The preset's settings, then every option given on the command line (None: not given).
+        config = preset.train_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                     optimizer=args.optimizer, weight_decay=args.weight_decay,
+                                     label_smoothing=args.label_smoothing, augment=not args.no_augment,
+                                     cache_views=args.cache_views, patience=args.patience, seed=args.seed,
+                                     compile=args.compile)
         job = functools.partial(train, report, backbone=backbone, strategy=args.strategy, weights=args.weights,
                                 image_size=args.image_size, val_fraction=args.val_fraction, config=config,
                                 device=device, cut=args.cut, reinit=args.reinit, frozen_stages=args.frozen_stages,
-                                out=args.out)
+                                out=args.out, preset=preset.name)
         model = _run(TrainingRun(job), ProgressPrinter())
         if model.recommendation:
             print(f"strategy: {model.strategy} (auto: {model.recommendation['reason']})", file=sys.stderr)
@@ -178,6 +182,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(_json({"out": str(args.out), "backbone": model.backbone, "strategy": model.strategy,
                               **model.evaluation.to_dict(with_files=False)}))
         return 0
+
+
+#: train's options that a preset sets (their argparse dests; None: not given).
+PRESET_OPTIONS = ("backbone", "strategy", "epochs", "image_size", "lr", "label_smoothing", "cache_views",
+                  "frozen_stages")
+
+
+def _preset_line(preset, args: argparse.Namespace) -> str:
+    """ "preset quick: head, 15 epochs, ... (given: --epochs 3)": what the run starts from and what overrides it."""
+    given = [f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest in PRESET_OPTIONS
+             if getattr(args, dest) is not None]
+    own = ", ".join(f"{k} {v}" for k, v in preset.settings().items() if k != "max_per_class")
+    return f"preset {preset.name}: {own}" + (f" (overridden: {', '.join(given)})" if given else "")
 
 
 @command("evaluate")
@@ -261,6 +278,15 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("presets")
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import presets_table
+
+    print(presets_table())
+    print("\nExplicit options of `train` override these. On a GPU the last column's settings replace the others.")
+    return 0
+
+
 @command("strategies")
 def cmd_strategies(args: argparse.Namespace) -> int:
     from .nets.strategies import STRATEGIES
@@ -327,38 +353,49 @@ def _strategy_name(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import DEFAULT_PRESET, PRESETS
+
     p = _Parser(prog="python -m xfer", description="Transfer learning for image classification.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a classifier and save it to a folder")
+    t = sub.add_parser("train", help="train a classifier and save it to a folder",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="presets (--preset; options marked (preset) override their settings):\n"
+                              + "\n".join(f"  {p.describe()}" for p in PRESETS.values()))
     t.add_argument("--data", required=True, help="a folder of class folders, a .zip of one, or 'flowers' (the "
                    "bundled photos, unless a folder named flowers is here: that folder is used)")
     t.add_argument("--out", required=True, type=Path,
                    help="folder to save the model in: new, empty, or an xfer model folder (replaced); never "
                         "inside the data")
+    # (preset): None means "not given", so that the preset's value is used (xfer/presets.py).
+    t.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"a recipe that sets the options marked (preset) below; explicit options override it "
+                        f"(default {DEFAULT_PRESET}; `presets` lists their settings). "
+                        + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values()))
     t.add_argument("--backbone", type=_backbone_name, default=None, metavar="NAME",
-                   help="one of `backbones` (default: vgg16 if its weights are available, else efficientnet_lite0)")
-    t.add_argument("--strategy", type=_strategy_name, default="auto", metavar="NAME",
-                   help="one of `strategies`, or auto (default: the advisor picks)")
+                   help="(preset) one of `backbones`")
+    t.add_argument("--strategy", type=_strategy_name, default=None, metavar="NAME",
+                   help="(preset) one of `strategies`, or auto (the advisor picks)")
     t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict")
-    t.add_argument("--epochs", type=_whole(1), default=5)
-    t.add_argument("--image-size", type=_whole(16, 1024), default=224)
+    t.add_argument("--epochs", type=_whole(1), default=None, help="(preset)")
+    t.add_argument("--image-size", type=_whole(16, 1024), default=None, help="(preset)")
     t.add_argument("--batch-size", type=_whole(1), default=32)
     t.add_argument("--lr", type=_number(0, 10, lo_open=True), default=None,
-                   help="default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) or 1e-2 (sgd)")
+                   help="(preset) default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) "
+                        "or 1e-2 (sgd)")
     t.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     t.add_argument("--weight-decay", type=_number(0, 10), default=1e-4)
-    t.add_argument("--label-smoothing", type=_number(0, 1, hi_open=True), default=0.0)
+    t.add_argument("--label-smoothing", type=_number(0, 1, hi_open=True), default=None, help="(preset)")
     t.add_argument("--no-augment", action="store_true", help="no random resized crop and flip")
-    t.add_argument("--cache-views", type=_whole(1), default=1,
-                   help="frozen strategies: views cached per image (1 clean + N-1 augmented; default 1)")
+    t.add_argument("--cache-views", type=_whole(1), default=None,
+                   help="(preset) frozen strategies: views cached per image (1 clean + N-1 augmented)")
     t.add_argument("--patience", type=_whole(1), default=None, help="early stopping after N epochs without improvement")
     t.add_argument("--cut", type=_whole(1), default=None, help="truncate: number of backbone stages kept")
     t.add_argument("--reinit", type=_whole(0), default=0, help="finetune: re-initialise the last N backbone layers")
     t.add_argument("--frozen-stages", type=_whole(0), default=None,
-                   help="finetune: the first N backbone stages stay frozen (default: the backbone's, "
-                        "see `backbones`; 0 trains every layer)")
+                   help="(preset) finetune: the first N backbone stages stay frozen (default: the preset's "
+                        "for its strategy and backbone, else the backbone's, see `backbones`; 0 trains every layer)")
     t.add_argument("--val-fraction", type=_number(0, 1, lo_open=True, hi_open=True), default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -393,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the available backbones")
     sub.add_parser("strategies", help="list the four strategies")
+    sub.add_parser("presets", help="list the presets of `train --preset` and their settings")
     _add_hub_commands(sub)
     _add_export_command(sub)
     return p

@@ -18,6 +18,7 @@ import gradio as gr
 
 from ..api import default_backbone
 from ..device import DeviceInfo, select_device
+from ..presets import PRESETS, get_preset
 from .errors import ui_errors
 from .session import MAX_UPLOAD_MB, AppConfig, AppDefaults, Session, cleanup_stale_sessions, sessions_root
 from .tabs import DATA_QUEUE, HUB_QUEUE, PRIVATE, data, evaluate, predict, share, train
@@ -39,8 +40,9 @@ def app_config(device: DeviceInfo, defaults: AppDefaults | None, max_train_jobs:
                allow_server_paths: bool) -> AppConfig:
     """The settings every handler reads; the default backbone (and why) is found out here, once."""
     d, note = defaults or AppDefaults(), None
+    preset = get_preset(d.preset)  # a wrong --default-preset fails here, at start-up
     if not d.backbone:
-        backbone, note = default_backbone()
+        backbone, note = (preset.backbone, None) if preset.backbone else default_backbone()
         d = dataclasses.replace(d, backbone=backbone)
     return AppConfig(device, d, max_train_jobs, max_upload_mb, allow_server_paths, note)
 
@@ -78,17 +80,17 @@ def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = 
 def _wire_data(session: gr.State, d: data.DataTab, t: train.TrainTab, p: predict.PredictTab) -> None:
     """Loading data updates the Predict tab's examples and asks the advisor (Train tab) for a strategy."""
     data_outputs = [d.summary, d.counts, d.gallery, d.skipped, p.examples, t.advisor]  # data.DataValues
-    rec_outputs = [t.strategy, t.strategy_md, t.lr, t.advisor]  # train.RecValues
+    rec_outputs = [t.strategy, t.strategy_md, t.lr, t.advisor, t.preset_md]  # train.RecValues
     data_kw = dict(**DATA_QUEUE, show_progress_on=[d.summary])  # not a spinner (or an error badge) on every chart
     for ev in (d.flowers_btn.click(data.on_use_flowers, [session], data_outputs, api_name="use_flowers", **data_kw),
                d.zip_file.upload(data.on_upload_zip, [session, d.zip_file], data_outputs, api_name="upload_zip",
                                  **data_kw),
                d.add_btn.click(data.on_add_images, [session, d.new_class, d.new_images],
                                data_outputs + [d.new_class, d.new_images], api_name="add_images", **data_kw)):
-        ev.success(train.on_recommend, [session, t.max_per_class], rec_outputs, show_progress="minimal",
+        ev.success(train.on_recommend, [session, t.max_per_class, t.preset], rec_outputs, show_progress="minimal",
                    concurrency_id="data", **PRIVATE)
     d.clear_btn.click(data.on_clear_classes, [session], data_outputs, api_name="clear_classes", **data_kw)
-    t.max_per_class.change(train.on_recommend, [session, t.max_per_class], rec_outputs, api_name="recommend",
+    t.max_per_class.change(train.on_recommend, [session, t.max_per_class, t.preset], rec_outputs, api_name="recommend",
                            trigger_mode="always_last", show_progress="minimal", concurrency_id="data")
 
 
@@ -138,20 +140,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-server-paths", choices=["auto", "yes", "no"], default="auto",
                    help="offer loading model folders by server path (auto: only when served on loopback, "
                         "without --share and not on a Hugging Face Space)")
-    g = p.add_argument_group("initial values of the Train tab")
-    g.add_argument("--default-backbone", default=None, help="default: vgg16 if its weights are here, else the fallback")
-    g.add_argument("--default-image-size", type=int, default=224)
+    g = p.add_argument_group("initial values of the Train tab (not given: the preset's)")
+    g.add_argument("--default-preset", choices=list(PRESETS), default=AppDefaults.preset,
+                   help=f"the preset selected at first (default {AppDefaults.preset}; `python -m xfer presets`)")
+    g.add_argument("--default-backbone", default=None, help="default: the preset's")
+    g.add_argument("--default-image-size", type=int, default=None)
     g.add_argument("--default-weights", choices=["imagenet", "none"], default="imagenet")
-    g.add_argument("--default-epochs", type=int, default=5)
+    g.add_argument("--default-epochs", type=int, default=None)
     g.add_argument("--default-batch-size", type=int, default=32)
     g.add_argument("--default-max-per-class", type=int, default=None,
-                   help="images per class used for training (default: 100 on CPU, all on GPU; 0 = all)")
+                   help="images per class used for training (default: the preset's, all; 0 = all)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
 def defaults_from(args: argparse.Namespace) -> AppDefaults:
-    return AppDefaults(backbone=args.default_backbone, image_size=args.default_image_size,
+    return AppDefaults(preset=args.default_preset, backbone=args.default_backbone, image_size=args.default_image_size,
                        weights=args.default_weights, epochs=args.default_epochs,
                        batch_size=args.default_batch_size, max_per_class=args.default_max_per_class)
 

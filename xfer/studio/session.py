@@ -18,6 +18,7 @@ from ..data import DatasetReport, cache_dir, subsample
 from ..device import DeviceInfo, select_device
 from ..errors import DataError, ModelError
 from ..model import CONFIG_NAME, XferModel
+from ..presets import DEFAULT_PRESET, get_preset
 from ..run import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,18 @@ MAX_UPLOAD_MB = 500  # per uploaded file; enforced by launch(max_file_size=...) 
 
 @dataclass
 class AppDefaults:
-    """The Train tab's initial values (tests and small machines override them from the command line)."""
+    """The Train tab's initial values (tests and small machines override them from the command line).
 
-    backbone: str | None = None  # None: xfer.default_backbone()
-    image_size: int = 224
+    None: the preset's value (:mod:`xfer.presets`, on this device)."""
+
+    preset: str = DEFAULT_PRESET
+    backbone: str | None = None  # None: the preset's, else xfer.default_backbone()
+    image_size: int | None = None
     weights: str = "imagenet"  # "imagenet" | "none"
-    epochs: int = 5
+    epochs: int | None = None
     batch_size: int = 32
-    lr: float | None = None  # None: the selected strategy's default (xfer.STRATEGIES[...].lr)
-    max_per_class: int | None = None  # None: 100 on CPU (a first run that ends in minutes), all on a GPU
+    lr: float | None = None  # None: the preset's, else the selected strategy's (xfer.STRATEGIES[...].lr)
+    max_per_class: int | None = None  # None: the preset's (0: all)
 
 
 @dataclass
@@ -55,9 +59,9 @@ class AppConfig:
 
     @property
     def max_per_class(self) -> int:
-        """The initial "images per class" cap: 100 on a CPU, all (0) elsewhere, unless given."""
+        """The initial "images per class" cap: the preset's (0: all), unless given."""
         d = self.defaults.max_per_class
-        return d if d is not None else (100 if self.device.type == "cpu" else 0)
+        return d if d is not None else (get_preset(self.defaults.preset).max_per_class or 0)
 
 
 # --- per-session workspace ------------------------------------------------------------------
@@ -183,7 +187,8 @@ def cap_per_class(report: DatasetReport, per_class: int | None, seed: int = 0) -
         return report
     items = sorted(subsample(report.items, int(per_class), seed=seed), key=lambda t: (t[1], str(t[0])))
     return DatasetReport(root=report.root, classes=list(report.classes), items=items,
-                         skipped=report.skipped, duplicates=report.duplicates, warnings=report.warnings)
+                         skipped=report.skipped, duplicates=report.duplicates, warnings=report.warnings,
+                         near_duplicates=report.near_duplicates)
 
 
 def find_model_folder(root: Path) -> Path:

@@ -36,16 +36,25 @@ def counts_frame(report: DatasetReport | None) -> pd.DataFrame:
 
 
 def skipped_frame(report: DatasetReport | None) -> pd.DataFrame:
-    """Every file that was not used, and why; then the groups of identical files."""
+    """Every file that was not used, and why; then the groups of identical files, then of near-duplicates
+    (resized or recompressed copies), each with the classes it spans."""
     rows = []
     if report:
         rows = [(_short(s.path, report.root), s.reason) for s in report.skipped]
-        for group in report.duplicates:
-            classes = sorted({Path(p).parent.name for p in group})
-            where = f"classes {', '.join(classes)}" if len(classes) > 1 else f"class {classes[0]}"
-            what = f"identical files in {where}"
-            rows.append((", ".join(_short(p, report.root) for p in group), what))
+        for groups, what in ((report.duplicates, "identical files"),
+                             (report.near_duplicates, "near-duplicates (resized or recompressed copies)")):
+            for group in groups:
+                classes = sorted({Path(p).parent.name for p in group})
+                where = f"classes {', '.join(classes)}" if len(classes) > 1 else f"class {classes[0]}"
+                rows.append((", ".join(_short(p, report.root) for p in group), f"{what} in {where}"))
     return pd.DataFrame(rows, columns=["file", "reason"])
+
+
+def _groups_line(groups: list[list[str]], what: str) -> str:
+    """ "3 groups of identical files (1 across classes)." """
+    cross = sum(1 for g in groups if len({Path(p).parent for p in g}) > 1)
+    return (f"{len(groups)} group{'s' * (len(groups) != 1)} of {what}"
+            f"{f' ({cross} across classes)' if cross else ' (all within a class)'}.")
 
 
 def _short(path: str, root: Path) -> str:
@@ -68,9 +77,10 @@ def report_markdown(report: DatasetReport, shown_root: str | None = None) -> str
         lines.append(f"{len(report.skipped)} file{'s' * (len(report.skipped) != 1)} skipped "
                      "(see *Skipped files and duplicates* below).")
     if report.duplicates:
-        cross = sum(1 for g in report.duplicates if len({Path(p).parent for p in g}) > 1)
-        lines.append(f"{len(report.duplicates)} group{'s' * (len(report.duplicates) != 1)} of identical files"
-                     f"{f' ({cross} across classes)' if cross else ''}.")
+        lines.append(_groups_line(report.duplicates, "identical files"))
+    if report.near_duplicates:
+        lines.append(_groups_line(report.near_duplicates, "near-duplicate images (resized or recompressed "
+                                                          "copies; kept on one side of the validation split)"))
     lines += [f"Warning: {escape(w)}" for w in report.warnings]
     if len(report.classes) < 2:
         lines.append("**Training needs at least 2 classes: add another class.**")
@@ -162,8 +172,16 @@ def progress_html(fraction: float, text: str, state: str = "running") -> str:
             f'<div class="xfer-progress-text">{escape(text)}</div></div>')
 
 
+def epoch_order(max_epochs: int) -> list[str]:
+    """The epoch axis's categories in order ("1", "2", ...): a line plot's ``sort`` for :func:`history_frames`."""
+    return [str(e) for e in range(1, max_epochs + 1)]
+
+
 def history_frames(history: Sequence[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Loss and accuracy curves in long format (epoch, value, series) for line plots."""
+    """Loss and accuracy curves in long format (epoch, value, series) for line plots.
+
+    The epoch is a category ("1", "2", ...; order them with :func:`epoch_order`), not a number: a numeric
+    axis gets ticks between epochs (1.5, 2.5) that no run has."""
     loss, acc = [], []
     for h in history:
         h = h if isinstance(h, dict) else vars(h)
@@ -171,7 +189,7 @@ def history_frames(history: Sequence[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
         acc += [(h["epoch"], h["train_accuracy"], "train"), (h["epoch"], h["val_accuracy"], "validation")]
     def frame(rows: list, name: str) -> pd.DataFrame:
         # Explicit dtypes: an empty frame would otherwise be "object", which plots take as categories.
-        return pd.DataFrame({"epoch": pd.Series([r[0] for r in rows], dtype="int64"),
+        return pd.DataFrame({"epoch": pd.Series([str(int(r[0])) for r in rows], dtype=str),
                              name: pd.Series([r[1] for r in rows], dtype="float64"),
                              "series": pd.Series([r[2] for r in rows], dtype=str)})
 

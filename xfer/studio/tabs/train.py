@@ -1,10 +1,12 @@
-"""2 · Train: backbone, strategy (the advisor's pick pre-selected), settings, the run's progress and curves."""
+"""2 · Train: a preset, backbone, strategy (the advisor's pick pre-selected when it fits the preset), settings,
+the run's progress and curves."""
 
 from __future__ import annotations
 
 import functools
 import time
 from dataclasses import dataclass
+from html import escape
 from typing import Any, Iterator, NamedTuple
 
 import gradio as gr
@@ -13,10 +15,12 @@ from ...advisor import recommend
 from ...allocation import plan_parts
 from ...api import train
 from ...data import DatasetReport, check_trainable, split_dataset
-from ...engine import EpochStats, Progress, TrainConfig
+from ...engine import EpochStats, Progress
 from ...errors import XferError
 from ...model import XferModel, save_model
 from ...nets.registry import get_backbone, list_backbones, pretrained_available
+from ...nets.strategies import STRATEGIES
+from ...presets import DEFAULT_PRESET, PRESETS, REFERENCE_CORES, REFERENCE_IMAGES, Preset, get_preset
 from ...run import Done, Failed, TrainingRun
 from .. import views, zerogpu
 from ..errors import as_gr_error, fail, ui_errors
@@ -28,6 +32,7 @@ from .predict import ModelValues
 PROGRESS_EVERY_S = 0.4  # how often the training progress is pushed to the browser
 STOP_WAIT_S = 180  # how long Stop waits for the current batch to finish before answering
 KEEP = object()  # in train_update: this output stays as it is
+EPOCHS_MAX = 50  # the Epochs slider's end, and the curves' epoch axis
 
 
 class RecValues(NamedTuple):
@@ -35,6 +40,55 @@ class RecValues(NamedTuple):
     strategy_md: Any
     lr: Any
     advisor: str
+    preset_md: Any = None  # the preset's settings and expected time for this dataset
+
+
+class PresetValues(NamedTuple):
+    """What choosing a preset sets in the tab."""
+
+    backbone: str
+    strategy: str
+    strategy_md: str
+    epochs: int
+    image_size: int
+    lr: float
+    max_per_class: int
+    preset_md: str
+
+
+def device_preset(config: AppConfig, name: str | None) -> Preset:
+    """The preset ``name`` as it runs on the app's device (a GPU's bigger images and more epochs)."""
+    return get_preset(name).on(config.device.type)
+
+
+def preset_markdown(config: AppConfig, name: str | None, num_images: int | None = None) -> str:
+    """The preset's settings, and how long it should take on this device for ``num_images`` images."""
+    p = device_preset(config, name)
+    d = p.settings()
+    bits = [d["backbone"], p.strategy, f"{p.epochs} epochs", f"{p.image_size} px"]
+    if STRATEGIES[p.strategy].frozen:
+        bits.append(f"{p.cache_views} cached view{'s' * (p.cache_views != 1)} per image")
+    elif p.strategy == "finetune":
+        bits.append(f"{d['frozen_stages']} frozen stages")
+    bits += [f"label smoothing {p.label_smoothing:g}", f"learning rate: {d['lr']}", f"images per class: {d['max_per_class']}"]
+    n = num_images or REFERENCE_IMAGES
+    whose = "your" if num_images else "a flowers-sized set of"
+    import torch  # already loaded by the app; the CPU threads training will use
+
+    seconds = p.expected_seconds(n, config.device.type, torch.get_num_threads())
+    when = (f"Expected time here: about **{views.format_duration(seconds)}** for {whose} {n:,} images "
+            f"(measured: {p.cpu_minutes:g} min for {REFERENCE_IMAGES:,} photos on {REFERENCE_CORES} CPU cores; "
+            "scaled by images and cores, longer when the machine is busy)." if seconds is not None else
+            f"On {config.device.name}: {p.name} uses bigger images and more epochs than on a CPU; its time here "
+            "is not measured (minutes at most for a few thousand images).")
+    return f"**{p.name}**: {escape(' · '.join(map(str, bits)))}.\n\n{when}"
+
+
+def _follows_advice(advice: str, preset: Preset) -> bool:
+    """The advisor's pick replaces the preset's strategy only within its cost class (a frozen body for a frozen
+    body): the preset's epochs and image size are sized for its own (a finetune run with quick's 15 epochs
+    would take an hour on a CPU)."""
+    return STRATEGIES[advice].frozen == STRATEGIES[preset.strategy].frozen
 
 
 def train_update(progress: Any = KEEP, status: Any = KEEP, loss: Any = KEEP, acc: Any = KEEP,
@@ -50,20 +104,46 @@ def train_update(progress: Any = KEEP, status: Any = KEEP, loss: Any = KEEP, acc
 
 
 @ui_errors
-def on_recommend(session: Session, max_per_class: float | None) -> RecValues:
+def on_recommend(session: Session, max_per_class: float | None, preset: str | None = None) -> RecValues:
+    """The advisor's pick (pre-selected when it fits the preset, see :func:`_follows_advice`) and the preset's
+    expected time for the dataset."""
     if session.report is None or len(session.report.classes) < 2:
-        return RecValues(skip(), skip(), skip(), views.recommendation_markdown(None))
+        return RecValues(skip(), skip(), skip(), views.recommendation_markdown(None), skip())
     report = cap_per_class(session.report, int(max_per_class or 0))
+    preset_md = preset_markdown(session.config, preset, report.num_images)
     try:
         measured = session.similarity
         rec = recommend(report, similarity="measure" if isinstance(measured, str) else measured,
                         device=session.config.device)
     except XferError as e:  # the advice is optional: say why there is none, keep going
         return RecValues(skip(), skip(), skip(),
-                         f"The advisor could not measure your images ({e}); choose a strategy yourself.")
+                         f"The advisor could not measure your images ({e}); choose a strategy yourself.", preset_md)
     session.similarity = rec.measurement  # None: nothing could be measured; not measured again
+    chosen = device_preset(session.config, preset)
+    if not _follows_advice(rec.strategy, chosen):
+        return RecValues(skip(), skip(), skip(),
+                         f"**Recommended: {rec.strategy}.** {escape(rec.reason)} The preset *{chosen.name}* keeps "
+                         f"{chosen.strategy} (its settings are sized for it): choose {rec.strategy} under Strategy "
+                         "to follow the advice, and set its epochs.", preset_md)
     return RecValues(rec.strategy, views.strategy_markdown(rec.strategy),
-                     views.strategy_lr(rec.strategy, session.config.defaults.lr), views.recommendation_markdown(rec))
+                     views.strategy_lr(rec.strategy, _fixed_lr(session.config, chosen)),
+                     views.recommendation_markdown(rec), preset_md)
+
+
+def _fixed_lr(config: AppConfig, preset: Preset) -> float | None:
+    """The learning rate the app was started with, else the preset's; None: the strategy's."""
+    return config.defaults.lr if config.defaults.lr is not None else preset.lr
+
+
+def on_preset(session: Session, name: str) -> PresetValues:
+    """Choosing a preset sets the tab's fields to its settings (the person can still change each)."""
+    p = device_preset(session.config, name)
+    backbone = p.backbone or session.config.defaults.backbone
+    cap = int(p.max_per_class or 0)
+    report = cap_per_class(session.report, cap) if session.report is not None else None
+    return PresetValues(backbone, p.strategy, views.strategy_markdown(p.strategy), p.epochs, p.image_size,
+                        views.strategy_lr(p.strategy, _fixed_lr(session.config, p)), cap,
+                        preset_markdown(session.config, name, report.num_images if report else None))
 
 
 def on_strategy(session: Session, name: str) -> tuple[str, float]:
@@ -100,20 +180,22 @@ def _commit(session: Session, model: XferModel) -> None:
 
 
 def start_run(session: Session, backbone: str, strategy_name: str, epochs: float, lr: float, batch_size: float,
-              image_size: float, augment: bool, pretrained: bool, max_per_class: float | None
-              ) -> tuple[TrainingRun, DatasetReport]:
+              image_size: float, augment: bool, pretrained: bool, max_per_class: float | None,
+              preset: str | None = DEFAULT_PRESET) -> tuple[TrainingRun, DatasetReport]:
     """Check the inputs, start this session's training run (it commits its model on success); returns it and
-    the dataset it trains on."""
+    the dataset it trains on. The fields win; ``preset`` supplies what the tab does not show (cached views,
+    label smoothing, frozen stages) and is saved as ``training.preset``."""
     if session.report is None:
         raise fail("There is no dataset yet: load one in 1 · Data first.")
     if session.training:
         raise fail("A training run is already going on in this session: wait for it or press Stop.")
     report = cap_per_class(session.report, int(max_per_class or 0))
     check_trainable(report)
-    config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), augment=bool(augment))
+    chosen = device_preset(session.config, preset)
+    config = chosen.train_config(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), augment=bool(augment))
     config.validate()
     settings = dict(backbone=backbone, strategy=strategy_name, weights="imagenet" if pretrained else None,
-                    image_size=int(image_size), config=config)
+                    image_size=int(image_size), config=config, preset=chosen.name)
     if zerogpu.enabled():  # one GPU allocation per part of whole epochs (xfer.allocation)
         n_train, n_val = (len(s) for s in split_dataset(report, 0.2, seed=config.seed))
         parts = plan_parts(config.epochs, n_train, n_val, strategy_name, int(image_size),
@@ -143,15 +225,16 @@ def _done_update(session: Session, model: XferModel, seconds: float) -> tuple:
 
 @ui_errors
 def on_train(session: Session, backbone: str, strategy_name: str, epochs: float, lr: float, batch_size: float,
-             image_size: float, augment: bool, pretrained: bool, max_per_class: float | None) -> Iterator[tuple]:
+             image_size: float, augment: bool, pretrained: bool, max_per_class: float | None,
+             preset: str | None = DEFAULT_PRESET) -> Iterator[tuple]:
     """Start a run with the Train tab's settings and stream :func:`train_update` tuples until it ends."""
     run, report = start_run(session, backbone, strategy_name, epochs, lr, batch_size, image_size, augment,
-                            pretrained, max_per_class)
+                            pretrained, max_per_class, preset)
     try:
         yield train_update(views.progress_html(0.0, f"Starting on {trains_on(session)}: {report.num_images} "
                                                     "images…"),
                            f"Training {backbone} with the **{strategy_name}** strategy on {report.num_images} images "
-                           f"({len(report.classes)} classes)…", None, None)
+                           f"({len(report.classes)} classes), preset *{get_preset(preset).name}*…", None, None)
         history: list[EpochStats] = []
         last, started = 0.0, time.perf_counter()
         for event in run:
@@ -214,6 +297,8 @@ def on_stop(session: Session) -> tuple:
 
 @dataclass
 class TrainTab:
+    preset: gr.Radio
+    preset_md: gr.Markdown
     backbone: gr.Dropdown
     backbone_note: gr.Markdown
     advisor: gr.Markdown
@@ -238,7 +323,13 @@ class TrainTab:
     def settings(self) -> list:
         """The inputs of :func:`on_train` after the session, in its order."""
         return [self.backbone, self.strategy, self.epochs, self.lr, self.batch_size, self.image_size, self.augment,
-                self.pretrained, self.max_per_class]
+                self.pretrained, self.max_per_class, self.preset]
+
+    @property
+    def preset_outputs(self) -> list:
+        """What :func:`on_preset` sets, in :class:`PresetValues`' order."""
+        return [self.backbone, self.strategy, self.strategy_md, self.epochs, self.image_size, self.lr,
+                self.max_per_class, self.preset_md]
 
 
 def _backbone_choices(default: str) -> list[tuple[str, str]]:
@@ -255,32 +346,44 @@ def _backbone_choices(default: str) -> list[tuple[str, str]]:
     return [(label(b), b) for b in names]
 
 
+def _presets(config: AppConfig) -> tuple:
+    """The preset radio and what the chosen one sets."""
+    name = get_preset(config.defaults.preset).name
+    preset = gr.Radio([(f"{p.name} · {p.summary}", p.name) for p in PRESETS.values()], value=name,
+                      label="Preset (sets the fields below; change any of them after)", elem_id="preset")
+    preset_md = gr.Markdown(preset_markdown(config, name), elem_id="preset-info")
+    return preset, preset_md
+
+
 def _choices(config: AppConfig) -> tuple:
     """The network and strategy column."""
     d = config.defaults
+    p = device_preset(config, d.preset)
     backbone = gr.Dropdown(_backbone_choices(d.backbone), value=d.backbone, label="Pretrained network (backbone)",
                            elem_id="backbone")
     backbone_note = gr.Markdown(weights_note(config, d.backbone, d.weights != "none"), elem_id="backbone-note")
     advisor = gr.Markdown(views.recommendation_markdown(None), elem_id="advisor")
-    strategy = gr.Radio(views.strategy_choices(), value="head", label="Strategy", elem_id="strategy")
-    strategy_md = gr.Markdown(views.strategy_markdown("head"), elem_id="strategy-explanation")
+    strategy = gr.Radio(views.strategy_choices(), value=p.strategy, label="Strategy", elem_id="strategy")
+    strategy_md = gr.Markdown(views.strategy_markdown(p.strategy), elem_id="strategy-explanation")
     return backbone, backbone_note, advisor, strategy, strategy_md
 
 
 def _settings(config: AppConfig) -> tuple:
     """The settings column: epochs, image size, learning rate, batch size, images per class, augment, weights."""
     d = config.defaults
+    p = device_preset(config, d.preset)
     with gr.Accordion("Settings", open=True):
-        epochs = gr.Slider(1, 50, value=d.epochs, step=1, label="Epochs", elem_id="epochs")
-        image_size = gr.Slider(32, 512, value=d.image_size, step=16, label="Image size (pixels)",
+        epochs = gr.Slider(1, EPOCHS_MAX, value=d.epochs or p.epochs, step=1, label="Epochs", elem_id="epochs")
+        image_size = gr.Slider(32, 512, value=d.image_size or p.image_size, step=16, label="Image size (pixels)",
                                elem_id="image-size")
         with gr.Row():
-            lr = gr.Number(value=views.strategy_lr("head", d.lr), label="Learning rate", minimum=1e-6, elem_id="lr")
+            lr = gr.Number(value=views.strategy_lr(p.strategy, _fixed_lr(config, p)), label="Learning rate",
+                           minimum=1e-6, elem_id="lr")
             batch_size = gr.Number(value=d.batch_size, label="Batch size", precision=0, minimum=1, maximum=1024,
                                    elem_id="batch-size")
         max_per_class = gr.Number(value=config.max_per_class, precision=0, minimum=0, elem_id="max-per-class",
                                   label="Use at most this many images per class (0 = all)",
-                                  info="A quick first run on a CPU; raise it or set 0 for the best accuracy.")
+                                  info="Lower it for a faster, less accurate first run.")
         with gr.Row():
             augment = gr.Checkbox(value=True, label="Augment (random crops and flips)", elem_id="augment")
             pretrained = gr.Checkbox(value=d.weights != "none", label="Start from ImageNet weights",
@@ -291,6 +394,7 @@ def _settings(config: AppConfig) -> tuple:
 def build(config: AppConfig) -> TrainTab:
     with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
         gr.Markdown(zerogpu.device_markdown(config.device), elem_id="device-info")
+        presets = _presets(config)
         with gr.Row():
             with gr.Column(scale=3):
                 choices = _choices(config)
@@ -304,16 +408,19 @@ def build(config: AppConfig) -> TrainTab:
         with gr.Row():
             # Start empty (None), never with an empty frame: Gradio's line plot takes its colour
             # domain from the first data it draws, so the first data must hold both series.
-            loss_plot = gr.LinePlot(None, x="epoch", y="loss", color="series", title="Loss (lower is better)",
-                                    elem_id="loss-plot", height=240)
-            acc_plot = gr.LinePlot(None, x="epoch", y="accuracy", color="series",
-                                   title="Accuracy (higher is better)", elem_id="acc-plot", height=240, y_lim=[0, 1])
+            # The epoch axis is categorical, in epoch order: whole epochs only (views.history_frames).
+            epoch_axis = dict(x="epoch", color="series", sort=views.epoch_order(EPOCHS_MAX), height=240)
+            loss_plot = gr.LinePlot(None, y="loss", title="Loss (lower is better)", elem_id="loss-plot",
+                                    **epoch_axis)
+            acc_plot = gr.LinePlot(None, y="accuracy", title="Accuracy (higher is better)", elem_id="acc-plot",
+                                   y_lim=[0, 1], **epoch_axis)
         next_btn = gr.Button("Next: 3 · Evaluate →", size="md", elem_id="next-evaluate")
-    return TrainTab(*choices, *settings, train_btn, stop_btn, progress, status, loss_plot, acc_plot, next_btn)
+    return TrainTab(*presets, *choices, *settings, train_btn, stop_btn, progress, status, loss_plot, acc_plot, next_btn)
 
 
 def wire(tab: TrainTab, session: gr.State) -> None:
     """Events inside the tab that need no queue: the strategy's text and learning rate, the weights note."""
+    tab.preset.change(on_preset, [session, tab.preset], tab.preset_outputs, queue=False, **PRIVATE)
     tab.strategy.change(on_strategy, [session, tab.strategy], [tab.strategy_md, tab.lr], queue=False, **PRIVATE)
     gr.on([tab.backbone.change, tab.pretrained.change], on_backbone, [session, tab.backbone, tab.pretrained],
           [tab.backbone_note], queue=False, **PRIVATE)

@@ -1,0 +1,177 @@
+"""Presets: the table, applied by the CLI, the API and the app, overridden by explicit settings, saved in config.json."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import gradio as gr
+import pytest
+
+import xfer
+from tests.conftest import ROOT, make_color_dataset
+from xfer import studio
+from xfer.cli import build_parser
+from xfer.data import scan_folder
+from xfer.engine import TrainConfig
+from xfer.presets import DEFAULT_PRESET, PRESETS, get_preset, presets_table
+from xfer.studio import AppConfig, AppDefaults, Session
+from xfer.studio.tabs import data, train
+
+CPU = xfer.select_device("cpu", num_workers=0)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "xfer", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+
+
+def saved_training(folder) -> dict:
+    return json.loads((folder / "config.json").read_text())["xfer"]["training"]
+
+
+def test_the_table():
+    assert DEFAULT_PRESET == "quick" and set(PRESETS) == {"quick", "best"}
+    quick, best = get_preset(None), get_preset("best")
+    assert quick is PRESETS["quick"] and (quick.strategy, quick.epochs, quick.cache_views) == ("head", 15, 3)
+    assert (best.strategy, best.image_size, best.epochs, best.frozen_stages) == ("finetune", 256, 4, 5)
+    assert quick.max_per_class is None and best.max_per_class is None  # every image
+    with pytest.raises(xfer.ConfigError, match="Unknown preset 'fast': choose one of quick, best"):
+        get_preset("fast")
+    # On a GPU: bigger images and more epochs; a CPU keeps the table's values.
+    for p in PRESETS.values():
+        gpu = p.on("cuda")
+        assert gpu.image_size > p.image_size and gpu.epochs > p.epochs and p.on("cpu") is p
+    # Given settings replace the preset's; None means "not given".
+    cfg = quick.train_config(epochs=2, lr=None, seed=3)
+    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, None, 3, 3, 0.1)
+    # Frozen stages are the preset's for its own strategy and backbone only.
+    assert best.frozen_for("finetune", best.backbone) == 5 and best.frozen_for("finetune", "resnet18") is None
+    assert quick.expected_seconds(3130) == pytest.approx(quick.cpu_minutes * 60)
+    assert quick.expected_seconds(3130, cores=4) == pytest.approx(quick.cpu_minutes * 30)
+    assert quick.expected_seconds(100, "cuda") is None
+    table = presets_table()
+    assert "quick (default)" in table and "best" in table and "cache_views" in table
+    assert presets_table(markdown=True).count("\n") == 1 + len(PRESETS)
+
+
+def test_cli_options_default_to_not_given_and_help_lists_the_presets():
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o"])
+    assert args.preset is None
+    for dest in ("backbone", "strategy", "epochs", "image_size", "lr", "label_smoothing", "cache_views",
+                 "frozen_stages"):
+        assert getattr(args, dest) is None, dest  # so that the preset's value is used
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "best", "--epochs", "2",
+                              "--strategy", "auto", "--label-smoothing", "0"])
+    assert (args.preset, args.epochs, args.strategy, args.label_smoothing) == ("best", 2, "auto", 0.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "slow"])
+    help_text = cli("train", "--help").stdout
+    assert "--preset {quick,best}" in help_text and "quick (default): efficientnet_lite0, head, 15 epochs" in help_text
+    listed = cli("presets")
+    assert listed.returncode == 0 and "quick (default)" in listed.stdout and "on a GPU" in listed.stdout
+
+
+def test_cli_train_applies_the_preset_and_explicit_flags_override_it(tmp_path):
+    colors = make_color_dataset(tmp_path / "colors", per_class=6, size=24)
+    r = cli("train", "--data", str(colors), "--out", str(tmp_path / "quick"), "--weights", "none")
+    assert r.returncode == 0, r.stderr
+    assert "preset quick: backbone efficientnet_lite0, strategy head, epochs 15" in r.stderr and "overridden" not in r.stderr
+    t = saved_training(tmp_path / "quick")
+    assert (t["preset"], t["epochs"], t["image_size"], t["cache_views"], t["label_smoothing"]) == (
+        "quick", 15, 224, 3, 0.1)
+    cfg = json.loads((tmp_path / "quick" / "config.json").read_text())["xfer"]
+    assert (cfg["backbone"], cfg["strategy"]) == ("efficientnet_lite0", "head")
+
+    r = cli("train", "--data", str(colors), "--out", str(tmp_path / "best"), "--weights", "none", "--preset", "best",
+            "--epochs", "1", "--image-size", "32", "--label-smoothing", "0", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    assert "(overridden: --epochs 1, --image-size 32, --label-smoothing 0.0)" in r.stderr
+    t = saved_training(tmp_path / "best")
+    assert (t["preset"], t["epochs"], t["image_size"], t["label_smoothing"], t["frozen_stages"]) == (
+        "best", 1, 32, 0.0, 5)  # the flags, and the preset where no flag was given
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["xfer"]["strategy"] == "finetune"
+
+
+def test_api_default_is_the_quick_preset(tmp_path):
+    assert inspect.signature(xfer.train).parameters["preset"].default == "quick"
+    report = scan_folder(make_color_dataset(tmp_path / "colors", per_class=6, size=24))
+    model = xfer.train(report, backbone="resnet18", weights=None, image_size=32, device=CPU, out=tmp_path / "m")
+    t = saved_training(tmp_path / "m")
+    assert model.strategy == "head" and t["preset"] == "quick"
+    assert (t["epochs"], t["cache_views"], t["label_smoothing"], t["image_size"]) == (15, 3, 0.1, 32)
+    # An explicit config is used as given; preset=None is the plain defaults (the advisor, TrainConfig()).
+    model = xfer.train(report, backbone="resnet18", weights=None, image_size=32, device=CPU, preset=None,
+                       config=TrainConfig(epochs=1, batch_size=8))
+    assert model.training["preset"] is None and model.recommendation is not None
+    assert (model.training["epochs"], model.training["cache_views"]) == (1, 1)
+    with pytest.raises(xfer.ConfigError, match="Unknown preset"):
+        xfer.train(report, backbone="resnet18", weights=None, device=CPU, preset="fast")
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session(tmp_path, monkeypatch) -> Session:
+    monkeypatch.setenv("XFER_CACHE_DIR", str(tmp_path / "cache"))
+    return Session(AppConfig(CPU, AppDefaults(backbone="resnet18")))
+
+
+@pytest.fixture
+def colors_zip(tmp_path):
+    root = make_color_dataset(tmp_path / "colors", per_class=6, size=24)
+    dest = tmp_path / "colors.zip"
+    with zipfile.ZipFile(dest, "w") as zf:
+        for f in sorted(root.rglob("*.png")):
+            zf.write(f, f.relative_to(root.parent))
+    return dest
+
+
+def test_train_tab_shows_the_presets_with_their_expected_time():
+    demo = studio.build_demo(CPU)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    radio = by_id["preset"]
+    assert isinstance(radio, gr.Radio) and radio.value == "quick"
+    assert [value for _, value in radio.choices] == ["quick", "best"]
+    assert "Expected time here" in by_id["preset-info"].value and "3,130" in by_id["preset-info"].value
+    quick = PRESETS["quick"]
+    # The app's defaults are the quick preset's, every image included.
+    assert (by_id["strategy"].value, by_id["epochs"].value, by_id["image-size"].value) == (
+        quick.strategy, quick.epochs, quick.image_size)
+    assert by_id["backbone"].value == quick.backbone and by_id["max-per-class"].value == 0
+    assert studio.parse_args([]).default_preset == "quick"
+    best = studio.build_demo(CPU, AppDefaults(preset="best"))
+    assert next(b for b in best.blocks.values() if getattr(b, "elem_id", None) == "epochs").value == 4
+
+
+def test_choosing_a_preset_sets_the_fields_and_on_train_uses_it(session, colors_zip):
+    values = train.on_preset(session, "best")
+    assert (values.strategy, values.epochs, values.image_size, values.max_per_class) == ("finetune", 4, 256, 0)
+    assert values.backbone == "efficientnet_lite0" and values.lr == xfer.STRATEGIES["finetune"].lr
+    assert values.preset_md.startswith("**best**") and "about" in values.preset_md
+    data.on_upload_zip(session, str(colors_zip))
+    rec = train.on_recommend(session, 0, "quick")
+    assert "your 18 images" in rec.preset_md  # the expected time, for the loaded dataset
+    # The fields (as the person left them) win; the preset supplies what the tab does not show.
+    *_, last = train.on_train(session, "resnet18", "finetune", 1, 1e-3, 8, 32, False, False, 0, "best")
+    assert last[1].startswith("**Done")
+    t = session.model.training
+    assert (t["preset"], t["epochs"], t["image_size"], t["label_smoothing"]) == ("best", 1, 32, 0.1)
+    assert saved_training(session.trained_model_dir)["preset"] == "best"
+    *_, last = train.on_train(session, "resnet18", "head", 1, 1e-3, 8, 32, False, False, 0)  # default: quick
+    assert session.model.training["preset"] == "quick" and session.model.training["cache_views"] == 3
+
+
+def test_the_advisor_does_not_swap_the_presets_cost_class(session, colors_zip):
+    data.on_upload_zip(session, str(colors_zip))
+    quick = train.on_recommend(session, 0, "quick")  # a small set: head or truncate, a frozen body like quick's
+    assert quick.strategy in ("head", "truncate") and "(pre-selected)" in quick.advisor
+    best = train.on_recommend(session, 0, "best")  # best's epochs are a finetune run's: the advice is only shown
+    assert not isinstance(best.strategy, str) and "The preset *best* keeps finetune" in best.advisor
