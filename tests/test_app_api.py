@@ -65,7 +65,7 @@ def test_endpoints_have_names(server):
         assert name in api, name
     train_params = [p["parameter_name"] for p in api["/train"]["parameters"]]
     assert train_params == ["backbone", "strategy_name", "epochs", "lr", "batch_size", "image_size", "augment",
-                            "pretrained", "max_per_class"]
+                            "pretrained", "max_per_class", "preset"]
 
 
 def test_errors_are_one_readable_line(server, data):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
 
 import gradio as gr
 import pytest
+import torch
 
 import xfer
 from app_server import ROOT
 from xfer import studio
+from xfer.presets import get_preset
 from xfer.studio.errors import ui_errors
 from xfer.studio.tabs import predict
 
@@ -57,12 +60,15 @@ def test_wiring_and_queue_settings():
 def test_defaults_follow_the_device():
     cpu = studio.build_demo(xfer.select_device("cpu"))
     by_id = {b.elem_id: b for b in cpu.blocks.values() if getattr(b, "elem_id", None)}
-    assert by_id["max-per-class"].value == 100  # a first run on a CPU finishes in minutes
-    name, note = xfer.default_backbone()
-    assert by_id["backbone"].value == name
-    assert (note or "") in by_id["backbone-note"].value  # why VGG-16 is not the default, when it is not
-    assert "CPU" in by_id["device-info"].value
-    assert by_id["pretrained"].value is True and by_id["epochs"].value == 5 and by_id["image-size"].value == 224
+    quick = get_preset("quick")  # the default preset: every image, its backbone, epochs and image size
+    assert by_id["max-per-class"].value == 0 and by_id["backbone"].value == quick.backbone
+    assert "CPU" in by_id["device-info"].value and by_id["preset"].value == "quick"
+    assert by_id["pretrained"].value is True and by_id["epochs"].value == quick.epochs
+    assert by_id["image-size"].value == quick.image_size
+    gpu = studio.build_demo(dataclasses.replace(xfer.select_device("cpu"), device=torch.device("cuda")))
+    by_id = {b.elem_id: b for b in gpu.blocks.values() if getattr(b, "elem_id", None)}
+    assert by_id["image-size"].value == quick.on("cuda").image_size > quick.image_size  # bigger on a GPU
+    assert by_id["epochs"].value == quick.on("cuda").epochs and "not measured" in by_id["preset-info"].value
 
 
 def test_errors_become_one_line_messages(caplog):

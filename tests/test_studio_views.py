@@ -7,6 +7,7 @@ import os
 import time
 import zipfile
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -103,9 +104,61 @@ def test_progress_and_history():
     hist = [EpochStats(1, 1.0, 0.5, 1.2, 0.4, 1e-3, 1.0), {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8,
                                                             "val_loss": 0.7, "val_accuracy": 0.7}]
     loss, acc = views.history_frames(hist)
-    assert loss.to_dict("list") == {"epoch": [1, 1, 2, 2], "loss": [1.0, 1.2, 0.5, 0.7],
+    # Whole epochs: a category per epoch (a numeric axis would tick at 1.5), drawn in epoch order.
+    assert loss.to_dict("list") == {"epoch": ["1", "1", "2", "2"], "loss": [1.0, 1.2, 0.5, 0.7],
                                     "series": ["train", "validation"] * 2}
     assert acc["accuracy"].tolist() == [0.5, 0.4, 0.8, 0.7]
+    assert views.epoch_order(12)[:3] == ["1", "2", "3"] and views.epoch_order(12)[-1] == "12"
+    assert pd.api.types.is_string_dtype(views.history_frames([])[0]["epoch"])  # strings even when empty
+
+
+def test_epoch_axis_of_the_curves_is_whole_epochs():
+    from xfer import studio
+
+    demo = studio.build_demo(xfer.select_device("cpu"), studio.AppDefaults(backbone="resnet18"))
+    plots = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("loss-plot", "acc-plot")}
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+            for e in range(1, 11)]
+    for plot in plots.values():
+        assert plot.x == "epoch" and plot.sort == views.epoch_order(50)  # "10" after "9", not after "1"
+        shown = plot.postprocess(views.history_frames(hist)[0])
+        assert shown.datatypes["epoch"] == "nominal"  # one tick per epoch, none between
+        assert sorted({row[0] for row in shown.data}, key=plot.sort.index) == [str(e) for e in range(1, 11)]
+
+
+def _scene(seed: int, size: int = 96) -> Image.Image:
+    """A smooth random picture (distinct per seed), like a photo to the difference hash."""
+    import random
+
+    from PIL import ImageDraw, ImageFilter
+
+    rng = random.Random(seed)
+    img = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y, r = rng.randrange(size), rng.randrange(size), rng.randrange(8, size // 2)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+def test_report_shows_near_duplicates_within_and_across_classes(tmp_path):
+    for c, cls in enumerate(("cats", "dogs")):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            _scene(100 * c + i).save(tmp_path / cls / f"{i}.png")
+    _scene(2).resize((70, 70)).save(tmp_path / "cats" / "small.jpg", quality=50)  # within cats
+    _scene(104).point(lambda v: int(v * 0.85)).save(tmp_path / "cats" / "dark.jpg", quality=80)  # a dog in cats
+    report = scan_folder(tmp_path)
+    assert len(report.near_duplicates) == 2
+    md = views.report_markdown(report, "pets.zip")
+    assert "2 groups of near-duplicate images" in md and "(1 across classes)" in md
+    reasons = dict(zip(*views.skipped_frame(report).to_dict("list").values(), strict=True))
+    assert reasons["cats/2.png, cats/small.jpg"] == "near-duplicates (resized or recompressed copies) in class cats"
+    assert reasons["cats/dark.jpg, dogs/4.png"] == ("near-duplicates (resized or recompressed copies) in classes "
+                                                     "cats, dogs")
+    assert str(tmp_path) not in md and all(str(tmp_path) not in f for f in reasons)
+    capped = session.cap_per_class(report, 3)
+    assert capped.near_duplicates == report.near_duplicates  # the Train tab's cap keeps the report's groups
 
 
 def test_metrics_views():
