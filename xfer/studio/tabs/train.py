@@ -10,6 +10,7 @@ from html import escape
 from typing import Any, Iterator, NamedTuple
 
 import gradio as gr
+import torch
 
 from ...advisor import recommend
 from ...allocation import plan_parts
@@ -70,17 +71,16 @@ def preset_markdown(config: AppConfig, name: str | None, num_images: int | None 
         bits.append(f"{p.cache_views} cached view{'s' * (p.cache_views != 1)} per image")
     elif p.strategy == "finetune":
         bits.append(f"{d['frozen_stages']} frozen stages")
-    bits += [f"label smoothing {p.label_smoothing:g}", f"learning rate: {d['lr']}", f"images per class: {d['max_per_class']}"]
+    bits += [f"label smoothing {p.label_smoothing:g}", f"learning rate: {d['lr']}",
+             f"images per class: {d['max_per_class']}"]
     n = num_images or REFERENCE_IMAGES
     whose = "your" if num_images else "a flowers-sized set of"
-    import torch  # already loaded by the app; the CPU threads training will use
-
     seconds = p.expected_seconds(n, config.device.type, torch.get_num_threads())
     when = (f"Expected time here: about **{views.format_duration(seconds)}** for {whose} {n:,} images "
             f"(measured: {p.cpu_minutes:g} min for {REFERENCE_IMAGES:,} photos on {REFERENCE_CORES} CPU cores; "
             "scaled by images and cores, longer when the machine is busy)." if seconds is not None else
-            f"On {config.device.name}: {p.name} uses bigger images and more epochs than on a CPU; its time here "
-            "is not measured (minutes at most for a few thousand images).")
+            f"On {config.device.name}: {p.name} uses bigger images and more epochs than on a CPU (time is cheap "
+            "there); its time on a GPU is not measured.")
     return f"**{p.name}**: {escape(' · '.join(map(str, bits)))}.\n\n{when}"
 
 
