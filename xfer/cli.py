@@ -205,10 +205,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import open_image
     from .device import select_device
     from .errors import DataError
-    from .model import load_model
+    from .service import open_model
 
     device = select_device(args.device)
-    model = load_model(args.model, device=device.device)
+    model = open_model(args.model, revision=args.revision, token=args.token, endpoint=args.endpoint,
+                       device=device.device)
     failed = 0
     for path in args.images:
         try:
@@ -377,8 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("predict", help="top-k class probabilities for images")
-    pr.add_argument("model", type=Path)
+    pr = sub.add_parser("predict", help="top-k class probabilities for images",
+                        description="MODEL is a model folder, or a Hub repo: hf://user/name[@revision] "
+                                    "(or user/name when no such folder exists), pulled once into the HF cache.")
+    pr.add_argument("model", help="a model folder, or hf://user/name[@revision]")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=_whole(1), default=5)
     pr.add_argument("--device", default="auto")
