@@ -386,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_whole(1), default=5)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--revision", default=None, help="Hub models: a branch, tag or commit (default: main)")
+    pr.add_argument("--token", default=None, help="Hub models: a token for a private repo (default: HF_TOKEN "
+                                                  "or the stored login)")
+    pr.add_argument("--endpoint", default=None, help="Hub models: the Hub's address (default: HF_ENDPOINT)")
 
     for name, helptext in (("inspect", "report on a dataset"), ("recommend", "advise a strategy for a dataset")):
         s = sub.add_parser(name, help=helptext)

@@ -186,14 +186,19 @@ class ModelCache:
         if self.models_dir is None:
             raise ConfigError(f"{name!r} would be a model saved on this server, and this server does not offer "
                               "those: give a Hub repo id like user/name.")
-        folder = (self.models_dir / name).resolve()
-        if folder.parent != self.models_dir or not (folder / CONFIG_NAME).is_file():
-            here = sorted(p.name for p in self.models_dir.iterdir() if (p / CONFIG_NAME).is_file()) \
+        folder = self._inside(name)
+        if folder is None:
+            here = sorted(p.name for p in self.models_dir.iterdir() if self._inside(p.name)) \
                 if self.models_dir.is_dir() else []
             listing = f"it has: {', '.join(here[:10])}" if here else "it has none"
             raise ModelError(f"There is no model named {name!r} on this server ({listing}); "
                              "or give a Hub repo id like user/name.")
         return folder
+
+    def _inside(self, name: str) -> Path | None:
+        """models_dir/name if it is a model folder that resolves (links followed) inside models_dir."""
+        folder = (self.models_dir / name).resolve()
+        return folder if folder.parent == self.models_dir and (folder / CONFIG_NAME).is_file() else None
 
     def _resolve(self, repo: str, revision: str | None, token: str | None) -> hub.Revision:
         key = (token_digest(token), repo.lower(), revision or "")
