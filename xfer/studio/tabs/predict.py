@@ -212,6 +212,8 @@ def wire(tab: PredictTab, session: gr.State) -> None:
     tab.examples.select(on_example, [session], [tab.image], **PREDICT_QUEUE, **PRIVATE
                         ).success(on_predict, predict_in, [tab.label], **PREDICT_QUEUE, **PRIVATE
                                   ).success(**explain, **PRIVATE)
+    # trigger_mode stays "multiple" (a stream's default): the page then sends each new frame into the running
+    # stream, where the server keeps only the latest. "always_last" would make the page wait for the first
+    # frame's answer and start a new stream for the next one: one update, then nothing until time_limit.
     tab.webcam.stream(on_live_frame, [session, tab.webcam], [tab.label], stream_every=LIVE_EVERY_S,
-                      time_limit=LIVE_TIME_LIMIT_S, trigger_mode="always_last", show_progress="hidden",
-                      **LIVE_QUEUE, **PRIVATE)
+                      time_limit=LIVE_TIME_LIMIT_S, show_progress="hidden", **LIVE_QUEUE, **PRIVATE)
