@@ -14,14 +14,13 @@ import torch
 from huggingface_hub import HfApi, constants
 
 import xfer
+from conftest import ROOT, make_color_dataset
+from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
+from hub_server import HubServer
 from xfer.engine import TrainConfig
 from xfer.errors import ConfigError, HubError, ModelError
 from xfer.hub import push
 from xfer.service import ModelCache, ModelRef, bearer_token, open_model, parse_ref, token_digest
-
-from conftest import ROOT, make_color_dataset
-from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, hf_client_isolation, hub_server  # noqa: F401 (fixtures)
-from hub_server import HubServer
 
 
 def tiny_model(root: Path, bias_shift: float = 0.0) -> Path:

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -17,12 +16,11 @@ from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi, constants
 
 import xfer
-from xfer.hub import push
-
 from app_server import AppServer
 from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, HUB_TOKENS
 from hub_server import HubServer
 from test_service import tiny_model
+from xfer.hub import push
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +78,7 @@ def test_classify_public_private_revision_missing(world) -> None:
     # alice's copy is in the server's memory now: without access, nobody gets it
     bob = Client(url, verbose=False, headers={"Authorization": f"Bearer {BOB_TOKEN}"})
     for who in (anon, bob):
-        message = error_of(lambda: who.predict(image, "alice/secret", api_name="/classify"))
+        message = error_of(lambda who=who: who.predict(image, "alice/secret", api_name="/classify"))
         assert "alice/secret was not found" in message and "Authorization: Bearer" in message, message
         assert "\n" not in message.strip() and "Traceback" not in message
     message = error_of(lambda: anon.predict(image, "alice/missing", api_name="/classify"))
@@ -102,7 +100,7 @@ def test_mcp_lists_the_stateless_tools_and_classifies(world) -> None:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client
 
-    url, image, want = world["app"].url, world["image"], world["want"]
+    url, want = world["app"].url, world["want"]
     with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=30) as r:
         schema = {t["name"]: t for t in json.load(r)}
     assert sorted(schema) == ["classify", "classify_batch", "describe_model", "list_backbones"]

@@ -20,10 +20,10 @@ import gradio as gr
 from ..api import default_backbone
 from ..device import DeviceInfo, select_device
 from ..service import MAX_MB, MAX_MODELS, ModelCache
+from . import service
 from .errors import ui_errors
 from .session import MAX_UPLOAD_MB, AppConfig, AppDefaults, Session, cleanup_stale_sessions, sessions_root
 from .tabs import DATA_QUEUE, HUB_QUEUE, PRIVATE, data, evaluate, predict, share, train
-from . import service
 
 __all__ = ["AppConfig", "AppDefaults", "Session", "build_demo", "launch", "parse_args", "ui_errors"]
 
