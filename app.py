@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     xfer.device.configure_runtime(device)
     log.info("device: %s; at most %d training run(s) at a time", device.name, args.max_train_jobs)
     demo = studio.build_demo(device, studio.defaults_from(args), max_train_jobs=args.max_train_jobs,
-                             max_upload_mb=args.max_upload_mb, allow_server_paths=studio.server_paths_allowed(args))
+                             max_upload_mb=args.max_upload_mb, allow_server_paths=studio.server_paths_allowed(args),
+                             models_dir=args.models_dir, cache_models=args.classify_cache_models,
+                             cache_mb=args.classify_cache_mb)
     if zerogpu.on_space():
         zerogpu.prefetch_weights(args.default_backbone or xfer.default_backbone()[0])
     studio.launch(demo, args)

@@ -254,16 +254,22 @@ def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: i
     return torch.cat(out) if out else torch.empty(0, len(model.classes))
 
 
-def predict(model: XferModel, images: Sequence[ImageSource] | ImageSource, k: int = 5,
+def predict(model: XferModel | str | os.PathLike, images: Sequence[ImageSource] | ImageSource, k: int = 5,
             batch_size: int = 32) -> list[dict[str, float]]:
     """Top-k ``{label: probability}`` per image, most likely first (k capped at the number of classes).
 
+    ``model``: a loaded model, a model folder, or a Hub repo id (``"user/name"``, ``"user/name@revision"``,
+    ``"hf://user/name"``), pulled with the stored login (see :func:`xfer.service.open_model`).
     Probabilities are a softmax over all classes, so with k = number of classes they sum to 1.
     """
     if not isinstance(images, (list, tuple)):
         images = [images]
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}.")
+    if not isinstance(model, XferModel):
+        from .service import open_model
+
+        model = open_model(model)
     probs = predict_proba(model, images, batch_size)
     k = min(k, len(model.classes))
     results = []

@@ -222,10 +222,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import open_image
     from .device import select_device
     from .errors import DataError
-    from .model import load_model
+    from .service import open_model
 
     device = select_device(args.device)
-    model = load_model(args.model, device=device.device)
+    model = open_model(args.model, revision=args.revision, token=args.token, endpoint=args.endpoint,
+                       device=device.device)
     failed = 0
     for path in args.images:
         try:
@@ -414,12 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("predict", help="top-k class probabilities for images")
-    pr.add_argument("model", type=Path)
+    pr = sub.add_parser("predict", help="top-k class probabilities for images",
+                        description="MODEL is a model folder, or a Hub repo: hf://user/name[@revision] "
+                                    "(or user/name when no such folder exists), pulled once into the HF cache.")
+    pr.add_argument("model", help="a model folder, or hf://user/name[@revision]")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=_whole(1), default=5)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--revision", default=None, help="Hub models: a branch, tag or commit (default: main)")
+    pr.add_argument("--token", default=None, help="Hub models: a token for a private repo (default: HF_TOKEN "
+                                                  "or the stored login)")
+    pr.add_argument("--endpoint", default=None, help="Hub models: the Hub's address (default: HF_ENDPOINT)")
 
     for name, helptext in (("inspect", "report on a dataset"), ("recommend", "advise a strategy for a dataset")):
         s = sub.add_parser(name, help=helptext)

@@ -61,6 +61,18 @@ DEFAULT_DEADLINE = 900.0
 T = TypeVar("T")
 
 
+class Revision(NamedTuple):
+    """What a revision of a repo is, as the Hub told one caller: the canonical id, the commit, private or not."""
+
+    repo_id: str
+    commit: str
+    private: bool
+
+
+class HubUnreachable(HubError):
+    """The Hub could not be asked (offline mode, no connection): nothing was refused."""
+
+
 class PushResult(NamedTuple):
     """Where a push landed: the repo's URL and the id of the commit that holds the model."""
 
@@ -421,6 +433,35 @@ def _fetch(repo_id: str, revision: str | None, token: str | None, cache_dir: str
     return Path(path)
 
 
+def resolve(repo_id: str, revision: str | None = None, token: str | bool | None = None,
+            endpoint: str | None = None) -> Revision:
+    """Ask the Hub, with ``token``, which commit ``revision`` (default: the main branch) of ``repo_id`` is.
+
+    This is the access check: it succeeds only if ``token`` may read the repo (``token=False``:
+    anonymously, never with a stored login). Raises :class:`HubUnreachable` when the Hub cannot be
+    asked and :class:`HubError` (one line) when it refuses: a missing or private repo, a wrong revision.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ConfigError("Give the Hub repo as 'user/name'.")
+    repo_id = repo_id.strip()
+    ep = _endpoint(endpoint)
+    try:
+        info = _bounded(lambda: HfApi(endpoint=ep, token=token).model_info(repo_id, revision=revision),
+                        action="pull", repo_id=repo_id, endpoint=ep)
+    except XferError:  # the deadline passed
+        raise
+    except Exception as e:
+        error = _hub_error(e, action="pull", repo_id=repo_id, revision=revision,
+                           token=token if isinstance(token, str) else None, endpoint=ep)
+        if isinstance(e, OfflineModeIsEnabled) or _network_error(e):
+            raise HubUnreachable(str(error)) from None
+        raise error from None
+    return Revision(info.id or repo_id, info.sha, bool(info.private))
+
+
 def _load_snapshot(folder: Path, repo_id: str, revision: str | None, device: torch.device | str) -> XferModel:
     """Load a pulled snapshot, turning every way it can be unusable into one clear HubError."""
     where = f"{repo_id}{_at(revision)}"
@@ -490,4 +531,4 @@ def _replace_folder(src: Path, out_dir: Path) -> Path:
     return write_model_folder(out_dir, copy)
 
 
-__all__ = ["HUB_FILES", "PushResult", "push", "pull", "pull_to"]
+__all__ = ["HUB_FILES", "HubUnreachable", "PushResult", "Revision", "push", "pull", "pull_to", "resolve"]

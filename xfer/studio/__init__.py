@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +20,8 @@ import gradio as gr
 from ..api import default_backbone
 from ..device import DeviceInfo, select_device
 from ..presets import PRESETS, get_preset
+from ..service import MAX_MB, MAX_MODELS, ModelCache
+from . import service
 from .errors import ui_errors
 from .session import MAX_UPLOAD_MB, AppConfig, AppDefaults, Session, cleanup_stale_sessions, sessions_root
 from .tabs import DATA_QUEUE, HUB_QUEUE, PRIVATE, data, evaluate, predict, share, train
@@ -48,12 +51,17 @@ def app_config(device: DeviceInfo, defaults: AppDefaults | None, max_train_jobs:
 
 
 def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = None, max_train_jobs: int = 1,
-               max_upload_mb: int = MAX_UPLOAD_MB, allow_server_paths: bool = True) -> gr.Blocks:
+               max_upload_mb: int = MAX_UPLOAD_MB, allow_server_paths: bool = True,
+               models_dir: str | os.PathLike | None = "models", cache_models: int = MAX_MODELS,
+               cache_mb: int = MAX_MB) -> gr.Blocks:
     """Build the app's Blocks. ``device`` is chosen once by the caller (default: "auto");
     ``max_upload_mb`` is only stated here: pass the same limit to ``launch(max_file_size=...)``.
     ``allow_server_paths`` offers "load a model folder on this server": off for public deployments,
-    where it would let visitors probe the server's files."""
+    where it would let visitors probe the server's files. With it, ``/classify`` also takes the name of a
+    model in ``models_dir``; its models stay in memory within ``cache_models`` and ``cache_mb``."""
     config = app_config(device or select_device("auto"), defaults, max_train_jobs, max_upload_mb, allow_server_paths)
+    cache = ModelCache(config.device.device, max_models=cache_models, max_mb=cache_mb,
+                       models_dir=models_dir if allow_server_paths else None)
     with gr.Blocks(title="xfer studio", delete_cache=(3600, 24 * 3600)) as demo:
         session = gr.State(Session(config), delete_callback=lambda s: s.close())
         gr.Markdown(INTRO, elem_id="intro")
@@ -74,6 +82,7 @@ def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = 
                          *eval_tab.outputs]
         _wire_training(session, config, train_tab, eval_tab, model_outputs)
         _wire_models(session, predict_tab, model_outputs)
+        service.build(cache)  # /classify and the other endpoints without a session (the MCP tools)
     return demo
 
 
@@ -150,6 +159,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--default-batch-size", type=int, default=32)
     g.add_argument("--default-max-per-class", type=int, default=None,
                    help="images per class used for training (default: the preset's, all; 0 = all)")
+    s = p.add_argument_group("/classify and the MCP tools (no session)")
+    s.add_argument("--models-dir", default="models",
+                   help="where /classify finds server models by name, when server paths are allowed (default: models)")
+    s.add_argument("--classify-cache-models", type=int, default=MAX_MODELS,
+                   help=f"models /classify keeps in memory (default {MAX_MODELS})")
+    s.add_argument("--classify-cache-mb", type=int, default=MAX_MB,
+                   help=f"memory for those models, in MB (default {MAX_MB})")
+    s.add_argument("--no-mcp", dest="mcp", action="store_false", help="do not serve the MCP server")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -172,7 +189,13 @@ def launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
     if removed:
         log.info("removed %d stale session folders", removed)
     sessions_root().mkdir(parents=True, exist_ok=True)
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{args.max_upload_mb}mb",
-        allowed_paths=[str(sessions_root())], css_paths=[CSS] if CSS.is_file() else None, show_error=False,
-        footer_links=["api", "gradio"])
+    mcp = getattr(args, "mcp", True)
+    with warnings.catch_warnings():  # about the session-bound tools, which are dropped right after
+        warnings.filterwarnings("ignore", message=".*gr.State input.*")
+        demo.queue(default_concurrency_limit=2, max_size=64).launch(
+            server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{args.max_upload_mb}mb",
+            allowed_paths=[str(sessions_root())], css_paths=[CSS] if CSS.is_file() else None, show_error=False,
+            footer_links=["api", "gradio"], mcp_server=mcp, prevent_thread_lock=True)
+    if mcp:
+        log.info("MCP tools: %s", ", ".join(service.mcp_tools_without_state(demo)))
+    demo.block_thread()

@@ -1,4 +1,5 @@
-"""4 · Predict: the top-5 classes and a Grad-CAM heat map, and loading another model (zip, folder, Hub)."""
+"""4 · Predict: the top-5 classes and a Grad-CAM heat map, live webcam predictions, and loading another model
+(zip, folder, Hub)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from ... import hub
+from ...api import predict
 from ...data import extract_zip, open_image
 from ...errors import XferError
 from ...model import XferModel, load_model, save_model
@@ -18,6 +20,15 @@ from ..session import AppConfig, Session, find_model_folder
 from . import PREDICT_QUEUE, PRIVATE, need_model
 from .evaluate import eval_values
 from .share import hub_token
+
+# The live webcam: a stream holds one slot of its own group for as long as it runs (at most
+# LIVE_TIME_LIMIT_S), so LIVE_STREAMS visitors can watch at once, never queued behind training or
+# behind other visitors' predictions. The page sends a frame every LIVE_EVERY_S; a frame that arrives
+# while the previous one is being classified replaces the one waiting (Gradio keeps only the latest),
+# so a slow server shows fewer updates, never a backlog.
+LIVE_QUEUE = dict(concurrency_id="webcam", concurrency_limit=2)
+LIVE_EVERY_S = 0.25
+LIVE_TIME_LIMIT_S = 60
 
 
 class ModelValues(NamedTuple):
@@ -42,6 +53,14 @@ def on_predict(session: Session, image: Any) -> dict[str, float]:
     if image is None:
         raise fail("Add an image first: upload, paste, use the webcam, or click an example.")
     return zerogpu.predict_on_gpu(model, image, 5, zerogpu.placement(session.config.device))
+
+
+@ui_errors
+def on_live_frame(session: Session, frame: Any):
+    """One webcam frame: the top 5 with the session's current model (the bars update in place)."""
+    if frame is None:
+        return gr.skip()
+    return predict(need_model(session), [frame], k=5)[0]
 
 
 @ui_errors
@@ -138,6 +157,7 @@ class PredictTab:
     pull_revision: gr.Textbox
     pull_token: gr.Textbox
     pull_btn: gr.Button
+    webcam: gr.Image
 
 
 def build(config: AppConfig) -> PredictTab:
@@ -151,6 +171,11 @@ def build(config: AppConfig) -> PredictTab:
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
                 examples = gr.Gallery(label="Or click an example from your dataset", columns=6, height=180,
                                       object_fit="cover", allow_preview=False, elem_id="predict-examples")
+                with gr.Accordion("Live webcam: predictions as you move", open=False, elem_id="live"):
+                    webcam = decoded_by_xfer(gr.Image(
+                        sources=["webcam"], streaming=True, type="pil", height=240,
+                        label=f"Start the webcam: the top 5 update a few times a second (for "
+                              f"{LIVE_TIME_LIMIT_S} s at a time)", elem_id="live-webcam"))
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Top 5 classes", elem_id="predict-label")
                 gradcam = gr.Image(label="Where the model looked (Grad-CAM)", interactive=False,
@@ -174,11 +199,11 @@ def build(config: AppConfig) -> PredictTab:
                                                 elem_id="pull-token")
                     pull_btn = gr.Button("Load from the Hub", elem_id="pull-btn")
     return PredictTab(model_info, image, predict_btn, examples, label, gradcam, model_zip, model_dir,
-                      load_dir_btn, pull_repo, pull_revision, pull_token, pull_btn)
+                      load_dir_btn, pull_repo, pull_revision, pull_token, pull_btn, webcam)
 
 
 def wire(tab: PredictTab, session: gr.State) -> None:
-    """Prediction events inside the tab: the button, a new upload, a click on an example."""
+    """Prediction events inside the tab: the button, a new upload, a click on an example, the live webcam."""
     predict_in, explain = [session, tab.image], dict(fn=on_explain, inputs=[session, tab.image],
                                                      outputs=[tab.gradcam], **PREDICT_QUEUE)
     tab.predict_btn.click(on_predict, predict_in, [tab.label], api_name="predict", **PREDICT_QUEUE
@@ -188,3 +213,8 @@ def wire(tab: PredictTab, session: gr.State) -> None:
     tab.examples.select(on_example, [session], [tab.image], **PREDICT_QUEUE, **PRIVATE
                         ).success(on_predict, predict_in, [tab.label], **PREDICT_QUEUE, **PRIVATE
                                   ).success(**explain, **PRIVATE)
+    # trigger_mode stays "multiple" (a stream's default): the page then sends each new frame into the running
+    # stream, where the server keeps only the latest. "always_last" would make the page wait for the first
+    # frame's answer and start a new stream for the next one: one update, then nothing until time_limit.
+    tab.webcam.stream(on_live_frame, [session, tab.webcam], [tab.label], stream_every=LIVE_EVERY_S,
+                      time_limit=LIVE_TIME_LIMIT_S, show_progress="hidden", **LIVE_QUEUE, **PRIVATE)
