@@ -8,6 +8,7 @@ import logging
 
 import xfer
 from xfer import studio
+from xfer.presets import get_preset
 from xfer.studio import zerogpu
 
 log = logging.getLogger("xfer.app")
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
                              models_dir=args.models_dir, cache_models=args.classify_cache_models,
                              cache_mb=args.classify_cache_mb)
     if zerogpu.on_space():
-        zerogpu.prefetch_weights(args.default_backbone or xfer.default_backbone()[0])
+        # The backbone the Train tab starts with: --default-backbone, else the preset's, else xfer's default.
+        zerogpu.prefetch_weights(args.default_backbone or get_preset(args.default_preset).backbone
+                                 or xfer.default_backbone()[0])
     studio.launch(demo, args)
 
 

@@ -197,14 +197,15 @@ def test_default_backbone_falls_back_to_lite0_without_vgg_weights(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_cli_train_without_backbone_says_it_uses_lite0(tmp_path):
+def test_cli_train_without_backbone_says_it_uses_the_presets_lite0(tmp_path):
+    """No --backbone: the quick preset's (Lite0, whose weights ship in a pip package), said on stderr."""
     data = make_color_dataset(tmp_path / "colors", per_class=5, size=40)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "xfer", "train", "--data", str(data), "--out", str(tmp_path / "m"),
                         "--strategy", "head", "--epochs", "1", "--image-size", "32", "--cache-views", "1",
                         "--device", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "note:" in r.stderr and LITE in r.stderr and "VGG-16" in r.stderr
+    assert f"preset quick: backbone {LITE}" in r.stderr
     assert json.loads((tmp_path / "m" / "config.json").read_text())["xfer"]["backbone"] == LITE
 
 

@@ -127,6 +127,7 @@ def test_stop_keeps_the_previous_model(session, colors_zip):
     updates.close()
     assert train.on_stop(session)[0].startswith("**Training was stopped.**")
     assert session.model is first and not session.training
+    assert train.on_stop(session)[0] == "Nothing is training right now."  # a second click: answered once
 
 
 def test_failures_are_one_line_messages(session, colors_zip):

@@ -24,7 +24,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # and a command that needs no training code do not pay for torch, torchvision or the trainer.
 _LAZY = {
     "Recommendation": "advisor", "recommend": "advisor",
-    "default_backbone": "api", "evaluate": "api", "predict": "api", "predict_proba": "api", "train": "api",
+    "default_backbone": "api", "evaluate": "api", "predict": "api", "predict_proba": "inference", "train": "api",
     "get_backbone": "nets.registry", "list_backbones": "nets.registry", "pretrained_available": "nets.registry",
     "DatasetReport": "data", "load_dataset": "data", "open_image": "data", "split_dataset": "data",
     "DeviceInfo": "device", "select_device": "device",

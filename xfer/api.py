@@ -7,18 +7,15 @@ and the app use them; each takes an already chosen device.
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
 from . import distributed
 from .data import DatasetReport, ImageSource, class_name_problem, load_dataset, split_dataset
-from .data.transforms import batch_images
 from .device import DeviceInfo, select_device
 from .errors import ConfigError, DataError
+from .inference import check_batch_size, check_k, top_k
 from .model import XferModel
 from .modelconfig import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, MAX_CLASSES
 from .nets.registry import DEFAULT_BACKBONE, get_backbone, pretrained_available
@@ -189,11 +186,6 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
     return model
 
 
-def _check_batch_size(batch_size: object) -> None:
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
-
-
 def _labelled_items(model: XferModel, data: str | os.PathLike | DatasetReport | Sequence[tuple[Any, Any]]
                     ) -> list[tuple[Any, int]]:
     if isinstance(data, (str, os.PathLike, DatasetReport)):
@@ -231,7 +223,7 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
     from .engine import evaluate as run_eval
     from .evaluation import metrics_from_predictions
 
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     device = device or select_device("cpu")
     items = _labelled_items(model, data)
     model.net.to(device.device)
@@ -239,19 +231,6 @@ def evaluate(model: XferModel, data: str | os.PathLike | DatasetReport | Sequenc
                          batch_size, device, shuffle=False)
     out = run_eval(model.net, loader, device)
     return metrics_from_predictions(out.probs, out.targets, model.classes, files=[s for s, _ in items])
-
-
-@torch.no_grad()
-def predict_proba(model: XferModel, images: Sequence[ImageSource], batch_size: int = 32) -> torch.Tensor:
-    """Softmax probabilities, (N, C), for images given as paths, bytes, PIL images or arrays."""
-    _check_batch_size(batch_size)
-    model.net.eval()
-    dev = model.device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = batch_images(images[i : i + batch_size], model.preprocessing).to(dev)
-        out.append(model.net(x).float().softmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, len(model.classes))
 
 
 def predict(model: XferModel | str | os.PathLike, images: Sequence[ImageSource] | ImageSource, k: int = 5,
@@ -262,18 +241,10 @@ def predict(model: XferModel | str | os.PathLike, images: Sequence[ImageSource] 
     ``"hf://user/name"``), pulled with the stored login (see :func:`xfer.service.open_model`).
     Probabilities are a softmax over all classes, so with k = number of classes they sum to 1.
     """
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    if k < 1:
-        raise ConfigError(f"k must be at least 1, got {k}.")
+    check_k(k)
+    check_batch_size(batch_size)
     if not isinstance(model, XferModel):
         from .service import open_model
 
         model = open_model(model)
-    probs = predict_proba(model, images, batch_size)
-    k = min(k, len(model.classes))
-    results = []
-    for row in probs:
-        top = row.topk(k)
-        results.append({model.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())})
-    return results
+    return top_k(model, images, k=k, batch_size=batch_size)

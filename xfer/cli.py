@@ -124,12 +124,18 @@ def _run(run, printer: ProgressPrinter):
     """Print a training run's events; its model, or its error raised here (Ctrl-C stops the run)."""
     from .run import Done, Failed
 
-    for event in run:
-        if isinstance(event, Done):
-            return event.model
-        if isinstance(event, Failed):
-            raise event.error
-        printer(event)
+    try:
+        for event in run:
+            if isinstance(event, Done):
+                return event.model
+            if isinstance(event, Failed):
+                raise event.error
+            printer(event)
+    except KeyboardInterrupt:
+        # Let the run end its batch before the interpreter exits: a thread still inside a torch op
+        # at exit aborts the process ("terminate called without an active exception") instead of 130.
+        run.stop(wait=True, timeout=120)
+        raise
     raise AssertionError("a training run ends with Done or Failed")
 
 

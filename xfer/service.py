@@ -23,13 +23,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from . import hub
 from .errors import ConfigError, HubError, ModelError
+from .inference import check_k, top_k
 from .model import CONFIG_NAME, XferModel, load_model
+
+if TYPE_CHECKING:
+    from . import hub
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ def open_model(source: str | os.PathLike | XferModel, *, revision: str | None = 
     if m and ".." not in text:
         if m["revision"] and revision and m["revision"] != revision:
             raise ConfigError(f"{text} names revision {m['revision']!r} and revision={revision!r} was also given.")
+        from . import hub  # huggingface_hub is imported only when a repo is pulled
+
         try:
             return hub.pull(m["repo"], revision=m["revision"] or revision, token=token, endpoint=endpoint,
                             device=device)
@@ -156,6 +161,8 @@ class ModelCache:
             stamp = tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else 0
                           for n in (CONFIG_NAME, "model.safetensors"))
             return self._cached(("local", str(folder), stamp), lambda: load_model(folder, device=self.device)), ref.name
+        from . import hub
+
         rev = self._resolve(ref.repo, ref.revision, token)
         used = f"{rev.repo_id}@{rev.commit}"
         return self._cached(("hub", rev.repo_id, rev.commit), lambda: hub.pull(
@@ -164,10 +171,9 @@ class ModelCache:
     def classify(self, images: Sequence[Any], ref: str | ModelRef, token: str | None = None,
                  k: int = 5) -> list[dict[str, float]]:
         """Top-``k`` ``{label: probability}`` per image (see :func:`xfer.predict`) with the model ``ref`` names."""
-        from .api import predict
-
+        check_k(k)
         model, _ = self.get(ref, token)
-        return predict(model, list(images), k=k)
+        return top_k(model, list(images), k=k)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -201,6 +207,8 @@ class ModelCache:
         return folder if folder.parent == self.models_dir and (folder / CONFIG_NAME).is_file() else None
 
     def _resolve(self, repo: str, revision: str | None, token: str | None) -> hub.Revision:
+        from . import hub
+
         key = (token_digest(token), repo.lower(), revision or "")
         now = time.monotonic()
         with self._lock:

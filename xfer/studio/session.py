@@ -91,6 +91,7 @@ class Session:
         self.similarity: Any = "unset"  # the advisor's measurement of ``report``: SimilarityStats, None or "unset"
         self.example_paths: list[Path] = []
         self.run: TrainingRun | None = None  # the current (or last) training run
+        self.stop_answered: TrainingRun | None = None  # the run whose Stop has been answered (once)
         self._workdir: Path | None = None
 
     def __repr__(self) -> str:

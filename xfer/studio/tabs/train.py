@@ -284,9 +284,11 @@ def on_stop(session: Session) -> tuple:
     run = session.run
     # A run already asked to stop still gets its answer: the click's `cancels` may have closed the training
     # generator (which stops the run) before this handler started.
-    if run is None or not (run.running or run.stopping):
+    if run is None or session.stop_answered is run or not (run.running or run.stopping):
         return "Nothing is training right now.", skip()
     outcome = run.stop(wait=True, timeout=STOP_WAIT_S)
+    if outcome is not None:  # ended: a later click has nothing to stop
+        session.stop_answered = run
     if isinstance(outcome, Done):
         return "The run had already finished before Stop: its model is used.", skip()
     return stopped_text(session), views.progress_html(run.progress, "Stopped.", "stopped")
