@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -259,4 +263,68 @@ def test_add_images_takes_the_good_skips_the_bad_and_refuses_bad_class_names(ser
     app_error(lambda: c.predict("  ", [handle_file(str(work["good"]))], api_name="/add_images"),
               r"class name", server)
     nothing_outside(work, server)
+    still_up(probe, work, server)
+
+
+# --- what is served, and to whom ---------------------------------------------------------------------
+
+SCRIPT_HTML = b"<html><body><script>document.title='owned'</script></body></html>"
+SCRIPT_SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+
+
+def _model_zip(model: Path, dest: Path, extra: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for f in sorted(model.iterdir()):
+            zf.write(f, f"model/{f.name}")
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    return dest
+
+
+def _fetch_status(server: AppServer, path: Path) -> int:
+    url = server.url + "gradio_api/file=" + urllib.parse.quote(str(path))
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_visitor_folders_are_never_served_and_keep_only_images_and_model_files(server, probe, work, tmp_path):
+    """A zip's HTML/SVG is never written; no file of any visitor's folder is served (not even by its exact
+    path); the model zip a visitor downloads comes from Gradio's own cache."""
+    ds = tmp_path / "ds"
+    shutil.copytree(work["root"] / "halves", ds)
+    (ds / "redtop" / "evil.html").write_bytes(SCRIPT_HTML)
+    (ds / "bluetop" / "evil.svg").write_bytes(SCRIPT_SVG)
+    c = client(server)
+    summary = c.predict(handle_file(str(zip_folder(ds, tmp_path / "ds.zip"))), api_name="/upload_zip")[0]
+    assert "skipped" in summary
+    upload = _model_zip(work["model"], tmp_path / "model.zip", {"model/evil.html": SCRIPT_HTML,
+                                                                  "index.svg": SCRIPT_SVG})
+    c.predict(handle_file(str(upload)), api_name="/upload_model")
+    downloaded = Path(c.predict(api_name="/download_model"))
+    with zipfile.ZipFile(downloaded) as zf:
+        assert sorted(Path(n).name for n in zf.namelist()) == ["README.md", "config.json", "model.safetensors"]
+
+    sessions = server.workdir / "cache" / "sessions"
+    files = [p for p in sessions.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files) and any(p.suffix == ".png" for p in files), files
+    assert not [p for p in files if p.suffix in (".html", ".svg")], files  # kept nothing but images and models
+    for p in files:  # another visitor who learned a path still gets nothing
+        assert _fetch_status(server, p) == 403, p
+    nothing_outside(work, server)
+    still_up(probe, work, server)
+
+
+def test_a_bad_model_config_is_refused_without_a_server_path(server, probe, work, tmp_path):
+    cfg = json.loads((work["model"] / "config.json").read_text())
+    cfg["xfer"]["preprocessing"]["crop_size"] = 100_000  # would allocate 30 GB per image
+    bad = tmp_path / "bad"
+    shutil.copytree(work["model"], bad)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    c = client(server)
+    message = app_error(lambda: c.predict(handle_file(str(_model_zip(bad, tmp_path / "bad.zip", {}))),
+                                          api_name="/upload_model"), "size|crop|px", server)
+    assert "sessions" not in message and "upload-model" not in message, message
     still_up(probe, work, server)

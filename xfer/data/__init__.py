@@ -4,7 +4,7 @@
 they need torch, and the names here do not.
 """
 
-from .archive import MAX_ARCHIVE_FILES, MAX_EXTRACT_BYTES, extract_zip, is_junk
+from .archive import MAX_ARCHIVE_FILES, MAX_EXTRACT_BYTES, extract_zip, is_junk, keep_images
 from .flowers import FLOWERS_CLASSES, cache_dir, flowers_dir
 from .folders import (
     DatasetReport,
@@ -31,6 +31,6 @@ __all__ = [
     "FLOWERS_CLASSES", "IMAGE_EXTENSIONS", "MAX_ARCHIVE_FILES", "MAX_EXTRACT_BYTES", "MAX_IMAGE_PIXELS",
     "DatasetReport", "ImageSource", "Skipped", "cache_dir", "check_class_name", "check_trainable",
     "class_name_problem", "extract_zip", "find_class_root",
-    "flowers_dir", "is_junk", "load_dataset", "lookalike_classes", "open_image", "read_regular_file", "scan_folder",
+    "flowers_dir", "is_junk", "keep_images", "load_dataset", "lookalike_classes", "open_image", "read_regular_file", "scan_folder",
     "split_dataset", "subsample",
 ]

@@ -10,10 +10,10 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..errors import DataError
-from .images import JUNK_NAMES
+from .images import JUNK_NAMES, not_an_image
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def _refuse_from_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files
         raise DataError(f"The archive inflates {total // packed}x in total (a zip bomb?): it was refused.")
 
 
-def _member_path(info: zipfile.ZipInfo) -> tuple[PurePosixPath | None, str | None]:
+def _member_path(info: zipfile.ZipInfo, keep: Callable[[PurePosixPath], str | None] | None = None
+                 ) -> tuple[PurePosixPath | None, str | None]:
     """(the member's relative path, None), or (None, why it is skipped); (None, None): junk, ignored."""
     rel = _safe_member_path(info.filename)
     if rel is None:
@@ -86,7 +87,14 @@ def _member_path(info: zipfile.ZipInfo) -> tuple[PurePosixPath | None, str | Non
         return None, None
     if stat.S_ISLNK(info.external_attr >> 16):
         return None, "symbolic link, skipped"
+    if keep is not None and (why := keep(rel)) is not None:
+        return None, why
     return rel, None
+
+
+def keep_images(rel: PurePosixPath) -> str | None:
+    """For :func:`extract_zip`'s ``keep``: image files only (None), anything else with the reason it is skipped."""
+    return not_an_image(rel.suffix)
 
 
 def _create(dest: Path, target: Path, created: list[Path]) -> BinaryIO | str:
@@ -125,13 +133,14 @@ def _write_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: PurePosixPath
     return written, None
 
 
-def _extract_members(zf: zipfile.ZipFile, dest: Path, created: list[Path], max_bytes: int) -> list[tuple[str, str]]:
+def _extract_members(zf: zipfile.ZipFile, dest: Path, created: list[Path], max_bytes: int,
+                     keep: Callable[[PurePosixPath], str | None] | None) -> list[tuple[str, str]]:
     skipped: list[tuple[str, str]] = []
     written = 0
     for info in zf.infolist():
         if info.is_dir():
             continue
-        rel, reason = _member_path(info)
+        rel, reason = _member_path(info, keep)
         if rel is not None:
             if written + info.file_size > max_bytes:
                 raise _too_big(max_bytes)
@@ -142,8 +151,12 @@ def _extract_members(zf: zipfile.ZipFile, dest: Path, created: list[Path], max_b
 
 
 def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
-                max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> list[tuple[str, str]]:
+                max_bytes: int = MAX_EXTRACT_BYTES, max_files: int = MAX_ARCHIVE_FILES,
+                keep: Callable[[PurePosixPath], str | None] | None = None) -> list[tuple[str, str]]:
     """Extract a zip into ``dest`` safely; return the (member, reason) pairs that were skipped.
+
+    ``keep(relative path)`` returns None for a member to extract, else why it is skipped (e.g.
+    :func:`keep_images`): a served or shared folder then never holds a visitor's HTML or SVG.
 
     Never writes outside ``dest``: absolute paths, ``..`` entries and symlinks are
     skipped. Junk (``__MACOSX/``, dot files) is ignored. An archive that would inflate
@@ -166,7 +179,7 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
         dest.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
         try:
-            skipped = _extract_members(zf, dest, created, max_bytes)
+            skipped = _extract_members(zf, dest, created, max_bytes, keep)
         except DataError:
             _undo(dest, fresh, created)
             raise

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .archive import is_junk
-from .images import IMAGE_EXTENSIONS, open_image, read_regular_file
+from .images import IMAGE_EXTENSIONS, not_an_image, open_image, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,7 @@ def _file_problem(p: Path) -> str | None:
         return "symbolic link"
     if not stat.S_ISREG(mode):  # a FIFO would block the scan forever; a device may never end
         return "not a regular file (a pipe, socket or device)"
-    if p.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file ({p.suffix or 'no extension'})"
-    return None
+    return not_an_image(p.suffix)
 
 
 def _image_files(class_dirs: list[Path], skipped: list[Skipped]) -> list[tuple[Path, str]]:

@@ -9,9 +9,10 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DataError
-from .archive import extract_zip
+from .archive import extract_zip, keep_images
 from .flowers import cache_dir, flowers_dir
 from .folders import DatasetReport, Skipped, scan_folder
+from .images import NOT_AN_IMAGE
 
 
 def load_dataset(source: str | os.PathLike, work_dir: str | os.PathLike | None = None,
@@ -36,12 +37,15 @@ def load_dataset(source: str | os.PathLike, work_dir: str | os.PathLike | None =
         base.mkdir(parents=True, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="data-", dir=base)
     try:
-        skipped = extract_zip(path, work_dir)
+        skipped = extract_zip(path, work_dir, keep=keep_images)  # a dataset is images: nothing else is written
         report = scan_folder(work_dir, min_images=min_images)
     except DataError as e:
         if created:  # a refused or empty archive leaves nothing behind in the cache
             shutil.rmtree(work_dir, ignore_errors=True)
         # About the user's archive, not the server's extraction folder.
         raise DataError(str(e).replace(str(work_dir), path.name)) from None
-    report.skipped = [Skipped(f"{path.name}:{m}", r) for m, r in skipped] + report.skipped
+    # A non-image is listed where it would have been in the extracted folder (as a folder's scan lists it);
+    # anything else the archive refused, by its name in the archive.
+    report.skipped = [Skipped(str(Path(work_dir, m)) if r.startswith(NOT_AN_IMAGE) else f"{path.name}:{m}", r)
+                      for m, r in skipped] + report.skipped
     return report

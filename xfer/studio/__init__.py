@@ -194,7 +194,9 @@ def launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
         warnings.filterwarnings("ignore", message=".*gr.State input.*")
         demo.queue(default_concurrency_limit=2, max_size=64).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{args.max_upload_mb}mb",
-            allowed_paths=[str(sessions_root())], css_paths=[CSS] if CSS.is_file() else None, show_error=False,
+            # Visitors' folders are never served, not even a file a handler returns by mistake: what
+            # the app hands out is copied into Gradio's cache first (tabs.hand_out, PIL images).
+            blocked_paths=[str(sessions_root())], css_paths=[CSS] if CSS.is_file() else None, show_error=False,
             footer_links=["api", "gradio"], mcp_server=mcp, prevent_thread_lock=True)
     if mcp:
         log.info("MCP tools: %s", ", ".join(service.mcp_tools_without_state(demo)))

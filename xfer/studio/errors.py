@@ -10,13 +10,15 @@ from typing import Callable
 import gradio as gr
 
 from ..errors import HubError, WeightsError, XferError
+from .text import html_text, without_server_paths
 
 log = logging.getLogger("xfer.app")
 
 
 def fail(message: str) -> gr.Error:
-    """A visitor's mistake, as the one line the page shows (raise it)."""
-    return gr.Error(message, print_exception=False)
+    """A visitor's mistake, as the one line the page shows (raise it): without server paths, and as text
+    (the toast renders HTML, and the message may quote a visitor's file or class name)."""
+    return gr.Error(html_text(without_server_paths(message)), print_exception=False)
 
 
 def as_gr_error(e: BaseException) -> gr.Error:

@@ -18,10 +18,12 @@ from ..data import DatasetReport, open_image, subsample
 from ..errors import DataError
 from ..model import XferModel
 from ..nets.strategies import STRATEGIES
+from .text import md_text
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 160
+MAX_TICKS = 60  # classes named on the confusion matrix's axes
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -70,9 +72,9 @@ def report_markdown(report: DatasetReport, shown_root: str | None = None) -> str
     counts = report.counts
     n = len(report.classes)
     lines = [f"**{report.num_images} images in {n} class{'es' * (n != 1)}** "
-             f"({escape(shown_root or report.root.name)})"]
+             f"({md_text(shown_root or report.root.name)})"]
     if counts:
-        lines.append(", ".join(f"{escape(c)}: {n}" for c, n in counts.items()))
+        lines.append(", ".join(f"{md_text(c)}: {n}" for c, n in counts.items()))
     if report.skipped:
         lines.append(f"{len(report.skipped)} file{'s' * (len(report.skipped) != 1)} skipped "
                      "(see *Skipped files and duplicates* below).")
@@ -81,7 +83,7 @@ def report_markdown(report: DatasetReport, shown_root: str | None = None) -> str
     if report.near_duplicates:
         lines.append(_groups_line(report.near_duplicates, "near-duplicate images (resized or recompressed "
                                                           "copies; kept on one side of the validation split)"))
-    lines += [f"Warning: {escape(w)}" for w in report.warnings]
+    lines += [f"Warning: {md_text(w)}" for w in report.warnings]
     if len(report.classes) < 2:
         lines.append("**Training needs at least 2 classes: add another class.**")
     else:
@@ -138,7 +140,7 @@ def strategy_lr(name: str | None, fixed: float | None = None) -> float:
 def recommendation_markdown(rec: Any | None) -> str:
     if rec is None:
         return "The advisor recommends a strategy once a dataset is loaded."
-    return f"**Recommended: {rec.strategy}** (pre-selected). {escape(rec.reason)}"
+    return f"**Recommended: {rec.strategy}** (pre-selected). {md_text(rec.reason)}"
 
 
 # --- training progress ---------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def metrics_markdown(metrics: dict[str, Any] | None, note: str = "", title: str 
     worst = min(per.items(), key=lambda kv: kv[1]["recall"], default=None)
     lines = [f"**{title}: {metrics['accuracy']:.1%}** on {metrics.get('num_images', '?')} images."]
     if worst is not None and len(per) > 1:
-        lines.append(f"Hardest class: {escape(worst[0])} (recall {worst[1]['recall']:.0%}).")
+        lines.append(f"Hardest class: {md_text(worst[0])} (recall {worst[1]['recall']:.0%}).")
     if note:
         lines.append(note)
     return "\n\n".join(lines)
@@ -235,8 +237,11 @@ def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]):
     fig = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues", vmin=0)
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(classes))
+    # Class names are text, never mathtext: a "$" in one would make matplotlib parse (and fail on) it.
+    # Past MAX_TICKS classes the names are unreadable anyway and laying them out costs seconds.
+    if n <= MAX_TICKS:
+        ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", parse_math=False)
+        ax.set_yticks(range(n), labels=list(classes), parse_math=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= 30:
@@ -268,5 +273,5 @@ def model_markdown(model: XferModel | None, source: str = "") -> str:
     acc = (model.metrics or {}).get("accuracy")
     acc_txt = f", validation accuracy {acc:.1%}" if acc is not None else ""
     classes = ", ".join(model.classes[:12]) + (" …" if len(model.classes) > 12 else "")
-    return (f"**Using {escape(source or 'a model')}**: {model.backbone}, strategy {model.strategy}, "
-            f"{len(model.classes)} classes ({escape(classes)}), {model.image_size} px{acc_txt}.")
+    return (f"**Using {md_text(source or 'a model')}**: {model.backbone}, strategy {model.strategy}, "
+            f"{len(model.classes)} classes ({md_text(classes)}), {model.image_size} px{acc_txt}.")

@@ -6,7 +6,11 @@ The queue settings every tab shares are here, so that :func:`xfer.studio.build_d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
+from gradio.processing_utils import save_file_to_cache
+from gradio.utils import get_upload_folder
 
 from ...model import XferModel
 from ..errors import fail
@@ -29,3 +33,12 @@ def need_model(session: Session) -> XferModel:
     if session.model is None:
         raise fail("There is no model yet: train one in 2 · Train, or load one under \"Use another model\".")
     return session.model
+
+
+def hand_out(path: Path) -> str:
+    """A file of the session's folder as a visitor downloads it: a copy in Gradio's own file cache (served
+    under a content-hash folder, as an attachment), the original removed. The visitor folders themselves
+    are never served (they are not in ``allowed_paths``)."""
+    served = save_file_to_cache(path, get_upload_folder())
+    path.unlink(missing_ok=True)
+    return served

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -13,7 +13,7 @@ from ... import hub
 from ...api import predict
 from ...data import extract_zip, open_image
 from ...errors import XferError
-from ...model import XferModel, load_model, save_model
+from ...model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, XferModel, load_model, save_model
 from .. import views, zerogpu
 from ..errors import fail, ui_errors
 from ..session import AppConfig, Session, find_model_folder
@@ -96,12 +96,19 @@ def on_load_model_dir(session: Session, folder: str) -> ModelValues:
     return use_model(session, model, Path(folder).expanduser(), f"the model in {Path(folder).name}")
 
 
+def _model_file(rel: PurePosixPath) -> str | None:
+    """A model zip's files that are kept: the model's own (at its root or one folder down), nothing else."""
+    if rel.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) and len(rel.parts) <= 2:
+        return None
+    return "not a file of a saved model, not extracted"
+
+
 @ui_errors
 def on_upload_model(session: Session, path: str | None) -> ModelValues:
     if not path:
         raise fail("Choose the .zip that *Download model* made.")
     dest = session.new_dir("upload-model")
-    extract_zip(path, dest)
+    extract_zip(path, dest, keep=_model_file)
     folder = find_model_folder(dest)
     model = load_model(folder, device=session.config.device.device)
     return use_model(session, model, folder, f"the uploaded model {Path(path).name}")

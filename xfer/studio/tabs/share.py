@@ -18,7 +18,8 @@ from ... import hub
 from .. import zerogpu
 from ..errors import fail, ui_errors
 from ..session import AppConfig, Session, model_zip_name, zip_model_dir
-from . import DATA_QUEUE, HUB_QUEUE, PRIVATE, need_model
+from ..text import md_text
+from . import DATA_QUEUE, HUB_QUEUE, PRIVATE, hand_out, need_model
 
 MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio.oauth's mocked login (off Spaces) hands out
 SIGN_IN = "Sign in with Hugging Face (the button above) to push, or paste a token with write access."
@@ -56,7 +57,7 @@ def on_download(session: Session) -> str:
     if session.model_dir is None:
         raise fail("This model has no saved folder to download.")
     name = model_zip_name(model)
-    return str(zip_model_dir(session.model_dir, session.new_dir("download") / f"{name}.zip"))
+    return hand_out(zip_model_dir(session.model_dir, session.new_dir("download") / f"{name}.zip"))
 
 
 @ui_errors
@@ -81,7 +82,7 @@ def on_visit(profile: gr.OAuthProfile | None) -> tuple:
     if profile is None or not zerogpu.on_space():
         return gr.skip(), "Not signed in: sign in to push to your own account."
     return (gr.Textbox(placeholder=f"{profile.username}/flowers-classifier"),
-            f"Signed in as **{profile.username}**: a repository id without a namespace goes to your account.")
+            f"Signed in as **{md_text(profile.username)}**: a repository id without a namespace goes to your account.")
 
 
 # --- layout ---------------------------------------------------------------------------------------

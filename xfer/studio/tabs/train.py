@@ -26,6 +26,7 @@ from ...run import Done, Failed, TrainingRun
 from .. import views, zerogpu
 from ..errors import as_gr_error, fail, ui_errors
 from ..session import AppConfig, Session, cap_per_class
+from ..text import md_text, without_server_paths
 from . import PRIVATE, skip
 from .evaluate import eval_values
 from .predict import ModelValues
@@ -122,7 +123,7 @@ def on_recommend(session: Session, max_per_class: float | None, preset: str | No
     chosen = device_preset(session.config, preset)
     if not _follows_advice(rec.strategy, chosen):
         return RecValues(skip(), skip(), skip(),
-                         f"**Recommended: {rec.strategy}.** {escape(rec.reason)} The preset *{chosen.name}* keeps "
+                         f"**Recommended: {rec.strategy}.** {md_text(rec.reason)} The preset *{chosen.name}* keeps "
                          f"{chosen.strategy} (its settings are sized for it): choose {rec.strategy} under Strategy "
                          "to follow the advice, and set its epochs.", preset_md)
     return RecValues(rec.strategy, views.strategy_markdown(rec.strategy),
@@ -153,7 +154,7 @@ def on_strategy(session: Session, name: str) -> tuple[str, float]:
 
 def weights_note(config: AppConfig, name: str, pretrained: bool) -> str:
     """Why this backbone was the default, and whether its ImageNet weights must be downloaded first."""
-    lines = [f"Note: {config.backbone_note}"] if config.backbone_note and name == config.defaults.backbone else []
+    lines = [f"Note: {without_server_paths(config.backbone_note)}"] if config.backbone_note and name == config.defaults.backbone else []
     try:
         ok = pretrained_available(name)
     except XferError:
