@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"  # read only with torch.load(weights_only=True)
 
 
 @dataclass
@@ -294,7 +295,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return load_file(str(st))
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{st} is damaged ({e}): save or download the model again.") from None
-    legacy = folder / "pytorch_model.bin"
+    legacy = folder / LEGACY_WEIGHTS_NAME
     if legacy.is_file():
         try:  # weights_only: tensors and plain containers only; no code can run.
             with warnings.catch_warnings():  # torch's remarks about the pickle would spoil the one-line error
