@@ -23,6 +23,8 @@ NOT_AN_IMAGE = "not an image file"
 def not_an_image(suffix: str) -> str | None:
     """None for an image file's suffix, else the reason a file with this one is skipped."""
     return None if suffix.lower() in IMAGE_EXTENSIONS else f"{NOT_AN_IMAGE} ({suffix or 'no extension'})"
+
+
 JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 
 #: Images with more pixels than this are refused as decompression bombs (100 MP by default).
