@@ -56,7 +56,13 @@ def on_download(session: Session) -> str:
     if session.model_dir is None:
         raise fail("This model has no saved folder to download.")
     name = model_zip_name(model)
-    return str(zip_model_dir(session.model_dir, session.new_dir("download") / f"{name}.zip"))
+    dest = session.new_dir("download")
+    path = zip_model_dir(session.model_dir, dest / f"{name}.zip")
+    # Gradio serves its own copy of the file: the previous download's folder is not needed any more.
+    session.discard(session.download_dir)
+    session.download_dir = dest
+    session.budget.disk_changed(session)
+    return str(path)
 
 
 @ui_errors
