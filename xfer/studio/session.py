@@ -347,28 +347,31 @@ class Session:
             self.budget.model_used(self)
         return model
 
-    def _owns(self, folder: Path) -> bool:
-        """Whether ``folder`` is inside the session's workspace (and not the workspace itself)."""
+    def _unit(self, folder: Path) -> Path | None:
+        """The workspace's top-level folder holding ``folder`` (one per upload, extraction, pull or kind of
+        file: a model found one level down in an extracted zip goes with its zip's folder); None: not the
+        session's own (a server folder, the bundled flowers) or the workspace itself."""
         if self._workdir is None:
-            return False
+            return None
         try:
             rel = Path(folder).resolve().relative_to(self._workdir.resolve())
         except (ValueError, OSError):
-            return False
-        return rel != Path(".")
+            return None
+        return self._workdir / rel.parts[0] if rel.parts else None
 
     def _discard(self, folder: Path, deferred: bool = False) -> None:
-        """Delete ``folder`` if it is the session's own and nothing current lives in it."""
-        if not self._owns(folder):
+        """Delete the session's own upload that holds ``folder``, unless something current lives in it."""
+        unit = self._unit(folder)
+        if unit is None:
             return
-        current = [p for p in (self.data_dir, self.model_dir) if p is not None]
-        if any(Path(folder) == Path(p) or Path(p).is_relative_to(folder) for p in current):
+        current = [self._unit(p) for p in (self.data_dir, self.model_dir) if p is not None]
+        if unit in current:
             return
         if deferred:
-            self._stale.append(Path(folder))
+            self._stale.append(unit)
             return
-        shutil.rmtree(folder, ignore_errors=True)
-        log.info("session %s: deleted %s", self.id[:8], folder)
+        shutil.rmtree(unit, ignore_errors=True)
+        log.info("session %s: deleted %s", self.id[:8], unit)
         self.budget.disk_changed(self)
 
     def _sweep(self) -> None:
