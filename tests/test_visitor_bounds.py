@@ -213,3 +213,18 @@ def test_queued_at_is_the_time_gradio_queued_the_event(monkeypatch):
     finally:
         LocalContext.event_id.reset(t2)
         LocalContext.blocks.reset(t1)
+
+
+def test_a_dataset_being_trained_on_is_deleted_only_after_the_run(tmp_path):
+    s = Session(config())
+    data.on_upload_zip(s, str(colors_zip(tmp_path, "first")))
+    first = s.data_dir
+    updates = train.on_train(s, "resnet18", "finetune", 50, 1e-3, 4, 32, True, False, 0)
+    while "epoch" not in str(next(updates)[0]):
+        pass
+    data.on_upload_zip(s, str(colors_zip(tmp_path, "second", seed=1)))  # while the run reads the first
+    assert first.exists() and s.data_dir != first
+    train.on_stop(s)
+    with pytest.warns(UserWarning, match="Training stopped"):
+        list(updates)
+    assert not first.exists() and subfolders(s, "zip-") == [s.data_dir]
