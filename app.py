@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = studio.build_demo(device, studio.defaults_from(args), max_train_jobs=args.max_train_jobs,
                              max_upload_mb=args.max_upload_mb, allow_server_paths=studio.server_paths_allowed(args),
                              models_dir=args.models_dir, cache_models=args.classify_cache_models,
-                             cache_mb=args.classify_cache_mb)
+                             cache_mb=args.classify_cache_mb, session_models=args.session_models,
+                             session_model_mb=args.session_model_mb, sessions_disk_mb=args.sessions_disk_mb)
     if zerogpu.on_space():
         # The backbone the Train tab starts with: --default-backbone, else the preset's, else xfer's default.
         zerogpu.prefetch_weights(args.default_backbone or get_preset(args.default_preset).backbone

@@ -23,10 +23,21 @@ from ..presets import PRESETS, get_preset
 from ..service import MAX_MB, MAX_MODELS, ModelCache
 from . import service
 from .errors import ui_errors
-from .session import MAX_UPLOAD_MB, AppConfig, AppDefaults, Session, cleanup_stale_sessions, sessions_root
+from .session import (
+    MAX_SESSION_MODEL_MB,
+    MAX_SESSION_MODELS,
+    MAX_SESSIONS_DISK_MB,
+    MAX_UPLOAD_MB,
+    AppConfig,
+    AppDefaults,
+    Session,
+    VisitorBudget,
+    cleanup_stale_sessions,
+    sessions_root,
+)
 from .tabs import DATA_QUEUE, HUB_QUEUE, PRIVATE, data, evaluate, predict, share, train
 
-__all__ = ["AppConfig", "AppDefaults", "Session", "build_demo", "launch", "parse_args", "ui_errors"]
+__all__ = ["AppConfig", "AppDefaults", "Session", "VisitorBudget", "build_demo", "launch", "parse_args", "ui_errors"]
 
 log = logging.getLogger("xfer.app")
 
@@ -40,26 +51,34 @@ The defaults work: click **Use the bundled flowers**, then **Train**."""
 
 
 def app_config(device: DeviceInfo, defaults: AppDefaults | None, max_train_jobs: int, max_upload_mb: int,
-               allow_server_paths: bool) -> AppConfig:
-    """The settings every handler reads; the default backbone (and why) is found out here, once."""
+               allow_server_paths: bool, max_session_models: int = MAX_SESSION_MODELS,
+               max_session_model_mb: int = MAX_SESSION_MODEL_MB,
+               max_sessions_disk_mb: int = MAX_SESSIONS_DISK_MB) -> AppConfig:
+    """The settings every handler reads (with the visitors' shared budget); the default backbone (and why) is
+    found out here, once."""
     d, note = defaults or AppDefaults(), None
     preset = get_preset(d.preset)  # a wrong --default-preset fails here, at start-up
     if not d.backbone:
         backbone, note = (preset.backbone, None) if preset.backbone else default_backbone()
         d = dataclasses.replace(d, backbone=backbone)
-    return AppConfig(device, d, max_train_jobs, max_upload_mb, allow_server_paths, note)
+    return AppConfig(device, d, max_train_jobs, max_upload_mb, allow_server_paths, note, max_session_models,
+                     max_session_model_mb, max_sessions_disk_mb)
 
 
 def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = None, max_train_jobs: int = 1,
                max_upload_mb: int = MAX_UPLOAD_MB, allow_server_paths: bool = True,
                models_dir: str | os.PathLike | None = "models", cache_models: int = MAX_MODELS,
-               cache_mb: int = MAX_MB) -> gr.Blocks:
+               cache_mb: int = MAX_MB, session_models: int = MAX_SESSION_MODELS,
+               session_model_mb: int = MAX_SESSION_MODEL_MB, sessions_disk_mb: int = MAX_SESSIONS_DISK_MB) -> gr.Blocks:
     """Build the app's Blocks. ``device`` is chosen once by the caller (default: "auto");
     ``max_upload_mb`` is only stated here: pass the same limit to ``launch(max_file_size=...)``.
     ``allow_server_paths`` offers "load a model folder on this server": off for public deployments,
     where it would let visitors probe the server's files. With it, ``/classify`` also takes the name of a
-    model in ``models_dir``; its models stay in memory within ``cache_models`` and ``cache_mb``."""
-    config = app_config(device or select_device("auto"), defaults, max_train_jobs, max_upload_mb, allow_server_paths)
+    model in ``models_dir``; its models stay in memory within ``cache_models`` and ``cache_mb``. The visitors'
+    sessions together keep at most ``session_models`` models (``session_model_mb`` MB) in memory and
+    ``sessions_disk_mb`` MB of files (``config.budget``, a :class:`VisitorBudget`)."""
+    config = app_config(device or select_device("auto"), defaults, max_train_jobs, max_upload_mb, allow_server_paths,
+                        session_models, session_model_mb, sessions_disk_mb)
     cache = ModelCache(config.device.device, max_models=cache_models, max_mb=cache_mb,
                        models_dir=models_dir if allow_server_paths else None)
     with gr.Blocks(title="xfer studio", delete_cache=(3600, 24 * 3600)) as demo:
@@ -83,7 +102,35 @@ def build_demo(device: DeviceInfo | None = None, defaults: AppDefaults | None = 
         _wire_training(session, config, train_tab, eval_tab, model_outputs)
         _wire_models(session, predict_tab, model_outputs)
         service.build(cache)  # /classify and the other endpoints without a session (the MCP tools)
+        _wire_session_end(demo, session)
     return demo
+
+
+def _wire_session_end(demo: gr.Blocks, session: gr.State) -> None:
+    """A visitor's session is closed (run stopped, model released, folder deleted) as soon as their page
+    closes or reloads (Gradio's unload: the page's heartbeat connection ended), not when Gradio expires the
+    State an hour later; the State's delete callback stays as the fallback."""
+    # Gradio arms a State's expiry (and so its delete callback) only once an event has written the State;
+    # the tabs only read the session, so the page's load writes it back once.
+    demo.load(lambda s: s, [session], [session], queue=False, show_progress="hidden", **PRIVATE)
+
+    def close_visitor(request: gr.Request) -> None:
+        visitor = visitor_session(demo, session, getattr(request, "session_hash", None))
+        if visitor is not None:
+            log.info("page closed: closing session %s", visitor.id[:8])
+            visitor.close()
+
+    demo.unload(close_visitor)
+
+
+def visitor_session(demo: gr.Blocks, session: gr.State, session_hash: str | None) -> Session | None:
+    """The Session that the page ``session_hash`` holds in ``session`` (None: none made yet, or no server).
+
+    Reads Gradio's state holder without creating anything: a page that never used its session has none."""
+    holder = getattr(demo, "state_holder", None)
+    data = getattr(holder, "session_data", {}).get(session_hash) if session_hash else None
+    value = getattr(data, "state_data", {}).get(session._id) if data is not None else None
+    return value if isinstance(value, Session) else None
 
 
 def _wire_data(session: gr.State, d: data.DataTab, t: train.TrainTab, p: predict.PredictTab) -> None:
@@ -167,6 +214,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--classify-cache-mb", type=int, default=MAX_MB,
                    help=f"memory for those models, in MB (default {MAX_MB})")
     s.add_argument("--no-mcp", dest="mcp", action="store_false", help="do not serve the MCP server")
+    v = p.add_argument_group("all visitors' sessions together (least recently used models are unloaded first)")
+    v.add_argument("--session-models", type=int, default=MAX_SESSION_MODELS,
+                   help=f"visitors' models kept in memory (default {MAX_SESSION_MODELS})")
+    v.add_argument("--session-model-mb", type=int, default=MAX_SESSION_MODEL_MB,
+                   help=f"memory for those models, in MB (default {MAX_SESSION_MODEL_MB})")
+    v.add_argument("--sessions-disk-mb", type=int, default=MAX_SESSIONS_DISK_MB,
+                   help=f"disk for visitors' uploads and models, in MB; uploads beyond it are refused "
+                        f"(default {MAX_SESSIONS_DISK_MB})")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 

@@ -40,7 +40,7 @@ def dataset_values(session: Session, shown_root: str | None = None) -> DataValue
 
 @ui_errors
 def on_use_flowers(session: Session) -> DataValues:
-    session.set_dataset(scan_folder(flowers_dir()))
+    session.set_dataset(scan_folder(flowers_dir()), None)  # not the session's files: never deleted
     return dataset_values(session, "the bundled flower photos")
 
 
@@ -48,23 +48,31 @@ def on_use_flowers(session: Session) -> DataValues:
 def on_upload_zip(session: Session, path: str | None) -> DataValues:
     if not path:
         raise fail("Choose a .zip file with one folder of images per class.")
-    session.set_dataset(load_dataset(path, work_dir=session.new_dir("zip")))
+    session.check_disk(Path(path).stat().st_size)  # extracted images are about the zip's size
+    dest = session.new_dir("zip")
+    try:
+        report = load_dataset(path, work_dir=dest)
+    except BaseException:  # a refused archive leaves nothing behind, and the previous dataset stays
+        session.discard(dest)
+        raise
+    session.set_dataset(report, dest)  # deletes the previous dataset's folder
     return dataset_values(session, Path(path).name)
 
 
 @ui_errors
 def on_add_images(session: Session, class_name: str, files: list[str] | None) -> tuple:
     """The dataset values, then the emptied class name and image fields."""
+    session.check_disk(sum(Path(f).stat().st_size for f in files or []))
     root = session.workdir / "classes"
     add_class_images(root, class_name, files or [])
-    session.set_dataset(scan_folder(root))
+    session.set_dataset(scan_folder(root), root)
     return (*dataset_values(session, "your classes"), "", None)
 
 
 @ui_errors
 def on_clear_classes(session: Session) -> DataValues:
     shutil.rmtree(session.workdir / "classes", ignore_errors=True)
-    session.report = None
+    session.set_dataset(None)
     session.example_paths = []
     return DataValues("Classes cleared. Load a dataset or add images per class.", None, [],
                       views.skipped_frame(None), [], views.recommendation_markdown(None))

@@ -65,9 +65,10 @@ def on_live_frame(session: Session, frame: Any):
 
 @ui_errors
 def on_explain(session: Session, image: Any):
-    if session.model is None or image is None:
+    model = session.loaded_model() if image is not None else None
+    if model is None:
         return None
-    return zerogpu.gradcam_on_gpu(session.model, image, zerogpu.placement(session.config.device))
+    return zerogpu.gradcam_on_gpu(model, image, zerogpu.placement(session.config.device))
 
 
 @ui_errors
@@ -108,10 +109,15 @@ def _model_file(rel: PurePosixPath) -> str | None:
 def on_upload_model(session: Session, path: str | None) -> ModelValues:
     if not path:
         raise fail("Choose the .zip that *Download model* made.")
+    session.check_disk(Path(path).stat().st_size)
     dest = session.new_dir("upload-model")
-    extract_zip(path, dest, keep=_model_file)
-    folder = find_model_folder(dest)
-    model = load_model(folder, device=session.config.device.device)
+    try:
+        extract_zip(path, dest, keep=_model_file)
+        folder = find_model_folder(dest)
+        model = load_model(folder, device=session.config.device.device)
+    except BaseException:  # a failure loses nothing: the previous model and its folder stay, this one goes
+        session.discard(dest)
+        raise
     return use_model(session, model, folder, f"the uploaded model {Path(path).name}")
 
 
@@ -122,6 +128,7 @@ def on_pull(session: Session, repo_id: str, revision: str, token: str,
     repo_id = (repo_id or "").strip()
     if not repo_id:
         raise fail("Type the Hub repository id of an xfer model, like your-name/flowers-classifier.")
+    session.check_disk()
     model = hub.pull(repo_id, revision=(revision or "").strip() or None, token=hub_token(token, oauth_token),
                      device=session.config.device.device)
     folder = save_model(model, session.workdir / "hub-model")  # so that it can be downloaded again

@@ -57,7 +57,10 @@ def on_download(session: Session) -> str:
     if session.model_dir is None:
         raise fail("This model has no saved folder to download.")
     name = model_zip_name(model)
-    return hand_out(zip_model_dir(session.model_dir, session.new_dir("download") / f"{name}.zip"))
+    dest = session.new_dir("download")
+    served = hand_out(zip_model_dir(session.model_dir, dest / f"{name}.zip"))
+    session.discard(dest)  # what the visitor downloads is Gradio's copy, in its cache
+    return served
 
 
 @ui_errors

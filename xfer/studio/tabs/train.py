@@ -27,7 +27,7 @@ from .. import views, zerogpu
 from ..errors import as_gr_error, fail, ui_errors
 from ..session import AppConfig, Session, cap_per_class
 from ..text import md_text, without_server_paths
-from . import PRIVATE, skip
+from . import PRIVATE, queued_at, skip
 from .evaluate import eval_values
 from .predict import ModelValues
 
@@ -228,7 +228,16 @@ def _done_update(session: Session, model: XferModel, seconds: float) -> tuple:
 def on_train(session: Session, backbone: str, strategy_name: str, epochs: float, lr: float, batch_size: float,
              image_size: float, augment: bool, pretrained: bool, max_per_class: float | None,
              preset: str | None = DEFAULT_PRESET) -> Iterator[tuple]:
-    """Start a run with the Train tab's settings and stream :func:`train_update` tuples until it ends."""
+    """Start a run with the Train tab's settings and stream :func:`train_update` tuples until it ends.
+
+    A Train that joined the queue before this session's last Stop (clicked twice, then Stop) does not start:
+    it says so and ends."""
+    if queued_at() < session.stopped_at:
+        yield train_update(views.progress_html(0.0, "Not started: Stop was pressed after this Train was queued.",
+                                               "stopped"),
+                           "**Not started:** Stop was pressed after this Train was clicked. Press **Train** again "
+                           "to start a new run.")
+        return
     run, report = start_run(session, backbone, strategy_name, epochs, lr, batch_size, image_size, augment,
                             pretrained, max_per_class, preset)
     try:
@@ -262,6 +271,8 @@ def on_train(session: Session, backbone: str, strategy_name: str, epochs: float,
     finally:
         if run.running:  # the visitor left or the page cancelled the run: stop the thread too
             run.stop(wait=False)
+        else:
+            session.sweep()  # the dataset folders this run read, if they were replaced meanwhile
 
 
 def allocation_text(a: "zerogpu.Allocation", backbone: str, strategy_name: str, report: DatasetReport) -> str:
@@ -281,7 +292,9 @@ def stopped_text(session: Session) -> str:
 
 
 def on_stop(session: Session) -> tuple:
-    """(status, progress bar): waits for the run to end after its current batch."""
+    """(status, progress bar): waits for the run to end after its current batch. A Train queued before this
+    Stop never starts (see :func:`on_train`)."""
+    session.stopped_at = max(session.stopped_at, queued_at())
     run = session.run
     # A run already asked to stop still gets its answer: the click's `cancels` may have closed the training
     # generator (which stops the run) before this handler started.
