@@ -17,8 +17,9 @@ log = logging.getLogger("xfer.app")
 def main(argv: list[str] | None = None) -> None:
     args = studio.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_train_jobs < 1:
-        raise SystemExit("--max-train-jobs must be at least 1")
+    for flag in ("max_train_jobs", "session_models", "session_model_mb", "sessions_disk_mb"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1")
     zerogpu.space_storage()
     if zerogpu.enabled() and args.device == "auto":
         # ZeroGPU: CUDA is real only inside @spaces.GPU functions; the app keeps its models on the CPU.
