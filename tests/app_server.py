@@ -109,3 +109,25 @@ def client(server: AppServer):
     from gradio_client import Client
 
     return Client(server.url, verbose=False, download_files=str(server.workdir / "downloads"))
+
+
+def paths_below(root: Path) -> list[Path]:
+    """Every path below ``root`` (folders and files); what the running app deletes meanwhile (a closed visitor's
+    session folder) is passed over, as ``os.walk`` does, where ``Path.rglob`` raises FileNotFoundError."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        out += [Path(folder, n) for n in dirs + files]
+    return out
+
+
+def files_holding(root: Path, secret: bytes) -> list[Path]:
+    """The files below ``root`` whose bytes contain ``secret`` (files deleted meanwhile are passed over)."""
+    hits = []
+    for p in paths_below(root):
+        try:
+            if p.is_file() and not p.is_symlink() and secret in p.read_bytes():
+                hits.append(p)
+        except OSError:
+            continue
+    return hits
+

@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import xfer
-from app_server import AppServer, client as visitor
+from app_server import AppServer, client as visitor, files_holding
 from badinputs import HALVES, halves, make_halves_dataset
 from conftest import ROOT
 from hub_fixtures import ALICE_TOKEN, BOB_TOKEN, HUB_TOKENS
@@ -360,7 +360,7 @@ def test_app_never_echoes_the_hub_token(app, hub, small):
     # Nothing the app wrote (its log, its sessions, its Hugging Face cache) holds a token.
     app.log()
     for secret in (ALICE_TOKEN, BOB_TOKEN, wrong):
-        hits = [p for p in app.workdir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        hits = files_holding(app.workdir, secret.encode())
         assert hits == [], (secret, hits)
 
 
