@@ -13,7 +13,8 @@ from ... import hub
 from ...api import predict
 from ...data import extract_zip, open_image
 from ...errors import XferError
-from ...model import CARD_NAME, CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, XferModel, load_model, save_model
+from ...model import LEGACY_WEIGHTS_NAME, XferModel, load_model, save_model
+from ...outputs import MODEL_FOLDER_FILES
 from .. import views, zerogpu
 from ..errors import fail, ui_errors
 from ..session import AppConfig, Session, find_model_folder
@@ -98,9 +99,10 @@ def on_load_model_dir(session: Session, folder: str) -> ModelValues:
 
 
 def _model_file(rel: PurePosixPath) -> str | None:
-    """A model zip's files that are kept: the model's own (at its root or one folder down), nothing else. A
-    legacy pytorch_model.bin is kept for the loader to refuse or read safely, as it does in a folder."""
-    if rel.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, LEGACY_WEIGHTS_NAME) and len(rel.parts) <= 2:
+    """A model zip's files that are kept: a model folder's own (:data:`xfer.outputs.MODEL_FOLDER_FILES`, at the
+    zip's root or one folder down), nothing else. A legacy pytorch_model.bin is kept for the loader to refuse or
+    read safely, as it does in a folder."""
+    if (rel.name in MODEL_FOLDER_FILES or rel.name == LEGACY_WEIGHTS_NAME) and len(rel.parts) <= 2:
         return None
     return "not a file of a saved model, not extracted"
 
