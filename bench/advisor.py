@@ -3,7 +3,8 @@
 Datasets (test sets are never trained on):
 
 * ``flowers-N``: the flower photos (ImageNet-like natural photos), N images per class
-  (``full`` = all) from the 85% that is not the test split (stratified 15%, seed 0).
+  (``full`` = all) from the 80% outside ``bench/accuracy.py``'s test split (stratified 20%, seed 0,
+  identical and near-duplicate copies on one side: ``xfer.data.folders.holdout_split``), tested on it.
 * ``shapes-N``: procedural patterns rendered by ``bench/make_shapes.py`` (a domain unlike
   ImageNet's), N per class; tested on 100 other images per class (another seed).
 * ``digits-N``: printed digits rendered by ``bench/make_digits.py`` (10 classes), N per class;
@@ -46,12 +47,14 @@ from make_digits import make_digits
 from make_shapes import make_shapes
 from xfer import advisor
 from xfer.data import DatasetReport, scan_folder, split_dataset, subsample
+from xfer.data.folders import holdout_split
 from xfer.engine import TrainConfig
 from xfer.nets.strategies import STRATEGIES
 
 BACKBONE = "efficientnet_lite0"
 SEED = 0
 LARGE_SHAPES = 300  # per class, the "full" shapes set
+TEST_FRACTION = 0.2  # of the flowers: bench/accuracy.py's test split
 
 
 def budget(strategy: str, n_train: int, quick: bool) -> TrainConfig:
@@ -75,9 +78,8 @@ def datasets(work: Path, sizes: list[str], domains: list[str]) -> list[tuple[str
     """(name, full training pool, test items, "full" or images per class) per dataset."""
     out = []
     if "flowers" in domains:
-        flowers = scan_folder(flowers_root())
-        pool, test = split_dataset(flowers, 0.15, seed=SEED)
-        pool_report = DatasetReport(flowers.root, flowers.classes, sorted(pool))
+        # The same test split as bench/accuracy.py's; the pool keeps its copy groups for xfer's own splits.
+        pool_report, test = holdout_split(scan_folder(flowers_root()), TEST_FRACTION, seed=SEED)
         for s in sizes:
             out.append((f"flowers-{s}", pool_report, test, s))
     # Only as many training images as the largest size asked for are rendered.
@@ -98,8 +100,9 @@ def datasets(work: Path, sizes: list[str], domains: list[str]) -> list[tuple[str
 
 def draw(pool: DatasetReport, size: str, seed: int) -> DatasetReport:
     """The training set for one repeat: all of the pool, or ``size`` images per class drawn with ``seed``."""
-    items = pool.items if size == "full" else subsample(pool.items, int(size), seed=seed)
-    return DatasetReport(pool.root, pool.classes, sorted(items))
+    if size == "full":
+        return pool
+    return DatasetReport(pool.root, pool.classes, sorted(subsample(pool.items, int(size), seed=seed)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +249,8 @@ def markdown(args, argv, rows, hits: int, t_start: float, load_start: float, don
         f"{'' if done else ', IN PROGRESS'})", "",
         f"`python bench/advisor.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
         f"{BACKBONE}, images {args.image_size} px, short budgets (see `budget()`); accuracy on held-out test sets "
-        f"(flowers: the 15% split, 469 photos; shapes: 500 and digits: 500 images of another seed). Sub-sampled sets: mean over "
+        f"(flowers: bench/accuracy.py's test split, 20% stratified with copies kept together, 626 photos, never "
+        f"tuned on; shapes: 500 and digits: 500 images of another seed). Sub-sampled sets: mean over "
         f"{1 if args.quick else args.repeats} draws and training seeds (min–max in brackets); full sets: one run. "
         f"Advisor: {rule_text()}", "",
         *table_header(),

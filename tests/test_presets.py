@@ -38,7 +38,7 @@ def saved_training(folder) -> dict:
 def test_the_table():
     assert DEFAULT_PRESET == "quick" and set(PRESETS) == {"quick", "best"}
     quick, best = get_preset(None), get_preset("best")
-    assert quick is PRESETS["quick"] and (quick.strategy, quick.epochs, quick.cache_views) == ("head", 15, 3)
+    assert quick is PRESETS["quick"] and (quick.strategy, quick.epochs, quick.cache_views) == ("head", 15, 1)
     assert (best.strategy, best.image_size, best.epochs, best.frozen_stages) == ("finetune", 256, 4, 5)
     assert quick.max_per_class is None and best.max_per_class is None  # every image
     with pytest.raises(xfer.ConfigError, match="Unknown preset 'fast': choose one of quick, best"):
@@ -49,7 +49,8 @@ def test_the_table():
         assert gpu.image_size > p.image_size and gpu.epochs > p.epochs and p.on("cpu") is p
     # Given settings replace the preset's; None means "not given".
     cfg = quick.train_config(epochs=2, lr=None, seed=3)
-    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, None, 3, 3, 0.1)
+    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, None, 3, 1, 0.1)
+    assert best.train_config(cache_views=2).cache_views == 2 and best.train_config().epochs == 4
     # Frozen stages are the preset's for its own strategy and backbone only.
     assert best.frozen_for("finetune", best.backbone) == 5 and best.frozen_for("finetune", "resnet18") is None
     assert quick.expected_seconds(3130) == pytest.approx(quick.cpu_minutes * 60)
@@ -85,7 +86,7 @@ def test_cli_train_applies_the_preset_and_explicit_flags_override_it(tmp_path):
     assert "preset quick: backbone efficientnet_lite0, strategy head, epochs 15" in r.stderr and "overridden" not in r.stderr
     t = saved_training(tmp_path / "quick")
     assert (t["preset"], t["epochs"], t["image_size"], t["cache_views"], t["label_smoothing"]) == (
-        "quick", 15, 224, 3, 0.1)
+        "quick", 15, 224, 1, 0.1)
     cfg = json.loads((tmp_path / "quick" / "config.json").read_text())["xfer"]
     assert (cfg["backbone"], cfg["strategy"]) == ("efficientnet_lite0", "head")
 
@@ -105,7 +106,7 @@ def test_api_default_is_the_quick_preset(tmp_path):
     model = xfer.train(report, backbone="resnet18", weights=None, image_size=32, device=CPU, out=tmp_path / "m")
     t = saved_training(tmp_path / "m")
     assert model.strategy == "head" and t["preset"] == "quick"
-    assert (t["epochs"], t["cache_views"], t["label_smoothing"], t["image_size"]) == (15, 3, 0.1, 32)
+    assert (t["epochs"], t["cache_views"], t["label_smoothing"], t["image_size"]) == (15, 1, 0.1, 32)
     # An explicit config is used as given; preset=None is the plain defaults (the advisor, TrainConfig()).
     model = xfer.train(report, backbone="resnet18", weights=None, image_size=32, device=CPU, preset=None,
                        config=TrainConfig(epochs=1, batch_size=8))
@@ -166,7 +167,7 @@ def test_choosing_a_preset_sets_the_fields_and_on_train_uses_it(session, colors_
     assert (t["preset"], t["epochs"], t["image_size"], t["label_smoothing"]) == ("best", 1, 32, 0.1)
     assert saved_training(session.trained_model_dir)["preset"] == "best"
     *_, last = train.on_train(session, "resnet18", "head", 1, 1e-3, 8, 32, False, False, 0)  # default: quick
-    assert session.model.training["preset"] == "quick" and session.model.training["cache_views"] == 3
+    assert session.model.training["preset"] == "quick" and session.model.training["label_smoothing"] == 0.1
 
 
 def test_the_advisor_does_not_swap_the_presets_cost_class(session, colors_zip):

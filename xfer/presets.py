@@ -7,8 +7,9 @@ Train tab and :func:`xfer.train` start from :data:`DEFAULT_PRESET`; any setting 
 (a CLI flag, an API argument, a field changed in the app) overrides the preset's. The name is
 saved in the model's config (``training.preset``).
 
-Where the figures come from: ``bench/results/accuracy.md`` and ``bench/results/finetune-sweep.md``
-(commands there); the README's "Presets" section has the table and what each figure was measured on.
+Where the figures come from: ``bench/results/head-recipes.md``, ``bench/results/accuracy-quick.md`` and
+``bench/results/finetune-sweep.md`` (commands there); the README's "Presets" section has the table and
+what each figure was measured on.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Preset:
         """One line: "quick (default): efficientnet_lite0, head, 15 epochs, 224 px, ...; on a GPU: ..."."""
         d = self.settings()
         frozen = "" if self.strategy != "finetune" else f", {d['frozen_stages']} frozen stages"
-        views = f", {self.cache_views} cached views" if self.strategy in ("head", "truncate") else ""
+        views = (f", {self.cache_views} cached view{'s' * (self.cache_views != 1)}"
+                 if self.strategy in ("head", "truncate") else "")
         gpu = ", ".join(f"{k.replace('_', ' ')} {'default' if v is None else v}" for k, v in self.gpu.items())
         return (f"{self.name}{' (default)' if self.name == DEFAULT_PRESET else ''}: {d['backbone']}, {self.strategy}, "
                 f"{self.epochs} epochs, {self.image_size} px{views}, label smoothing {self.label_smoothing:g}"
@@ -93,12 +95,14 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # head on cached features, 3 views, 15 epochs, label smoothing 0.1: 1.5 min wall on 2 quiet cores for the
-    # flowers (bench/results/accuracy.md, the `head` row).
+    # head on cached features of one clean view, 15 epochs, label smoothing 0.1. One view, not three: on
+    # repeated validation splits three were no better (bench/results/head-recipes.md) and cost three body
+    # passes per image; no head recipe tried there gained a point. 0.7 min: the 3-view recipe's 1.5 min
+    # times 0.44, the two recipes' ratio measured side by side (README, "Presets").
     "quick": Preset(
         "quick", "the best recipe that trains in about 2 minutes on 2 CPU cores (3,130 photos)",
-        backbone="efficientnet_lite0", strategy="head", epochs=15, image_size=224, cache_views=3,
-        label_smoothing=0.1, frozen_stages=None, lr=None, max_per_class=None, cpu_minutes=1.5,
+        backbone="efficientnet_lite0", strategy="head", epochs=15, image_size=224, cache_views=1,
+        label_smoothing=0.1, frozen_stages=None, lr=None, max_per_class=None, cpu_minutes=0.7,
         gpu={"image_size": 256, "epochs": 30, "cache_views": 5}),
     # finetune at 256 px, 4 epochs, stem and stages 1-4 frozen: 6.1 min wall / 10.9 CPU min on 2 cores
     # (bench/results/finetune-sweep.md, fifth session).
