@@ -42,7 +42,7 @@ import xfer  # before torch: xfer sets OpenMP's wait policy, read when torch loa
 # isort: split
 import torch
 
-from common import flowers_root, write_text
+from common import flowers_root, publish, write_text
 from make_digits import make_digits
 from make_shapes import make_shapes
 from xfer import advisor
@@ -213,11 +213,7 @@ def rescore(args, argv) -> int:
     if others:
         lines += ["", f"On the other samples (seeds 1–{args.samples - 1} of the advisor's sample of each dataset's first "
                       f"draw), its pick is the best or within 1 point in **{sum(others)} of {len(others)}** cases."]
-    md = "\n".join(lines)
-    print(md)
-    if args.out:
-        write_text(args.out, md)
-    return 0
+    return publish(lines, args.out)
 
 
 def table_header(extra: tuple[str, ...] = ()) -> list[str]:

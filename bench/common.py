@@ -37,6 +37,15 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
+def publish(lines: Sequence[str], out: Path | None) -> int:
+    """Print a markdown report and, with ``out``, also write it there; the exit status (0)."""
+    md = "\n".join(lines)
+    print(md)
+    if out:
+        write_text(out, md)
+    return 0
+
+
 def loadavg() -> str:
     """The 1-minute load average, to print beside timings on a shared machine."""
     try:

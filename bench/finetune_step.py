@@ -31,7 +31,7 @@ import xfer  # noqa: F401  (before torch: xfer sets OpenMP's wait policy)
 import torch
 from torch import nn
 
-from common import write_text
+from common import publish
 from xfer.engine import TrainConfig, make_optimizer
 from xfer.nets.fold import folded_batchnorm
 from xfer.nets.registry import pretrained_available
@@ -113,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         trainable = sum(q.numel() for q in net.parameters() if q.requires_grad)
         lines.append(f"| {arm} | {trainable / 1e6:.2f}M | {k} | {w / n:.3f} | {c / n:.3f} | "
                      f"{w / wall[0]:.2f} | {c / cpu[0]:.2f} |")
-    md = "\n".join(lines)
-    print(md)
-    if args.out:
-        write_text(args.out, md)
-    return 0
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -36,17 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import flowers_root, write_text
-from xfer.data import scan_folder, split_dataset
-from xfer.data.folders import holdout_split
+from common import publish
+from paired import Paired, index_splits, outside_test
 from xfer.data.pipeline import image_batches
 from xfer.engine import cosine_with_warmup
 from xfer.nets.registry import get_backbone
 from xfer.nets.strategies import build_network, make_head, make_spec
 
 BACKBONE = "efficientnet_lite0"
-TEST_FRACTION, TEST_SEED = 0.2, 0  # bench/accuracy.py's test split: left out of everything but the scan
-HOLD = 0.15  # each repeated split holds out this share (bench/accuracy.py's validation fraction)
 TRAIN_SIZE = 224
 EVAL_SIZES = (224, 256, 288)
 
@@ -222,10 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     device = xfer.select_device("cpu")
     xfer.device.configure_runtime(device)
-    report = scan_folder(flowers_root())
-    rest, test_items = holdout_split(report, TEST_FRACTION, seed=TEST_SEED)
-    items = rest.items
-    log(f"{report.num_images} images; {len(test_items)} set aside as bench/accuracy.py's test split (not used); "
+    rest, items, num_images, n_test = outside_test()
+    log(f"{num_images} images; {n_test} set aside as bench/accuracy.py's test split (not used); "
         f"recipes scored on {args.splits} splits of the other {len(items)}")
     key = {"paths": [str(p) for p, _ in items], "scale": scale, "aug_views": args.aug_views}
     cached = torch.load(args.features, weights_only=True) if args.features.exists() else None
@@ -239,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"features: {time.perf_counter() - t:.0f} s")
         torch.save({**key, "feats": feats}, args.features)
     labels = torch.tensor([label for _, label in items])
-    index = {p: i for i, (p, _) in enumerate(items)}
-    splits = []
-    for s in range(args.splits):
-        tr, held = split_dataset(rest, HOLD, seed=100 + s)
-        splits.append((torch.tensor([index[p] for p, _ in tr]), torch.tensor([index[p] for p, _ in held])))
+    splits = index_splits(rest, args.splits)
     rows = []
     base_scores = None
     for r in recipes(args.round):
@@ -252,12 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         scores = [score(r, feats, labels, tr, held, seed=s) for s, (tr, held) in enumerate(splits)]
         base_scores = base_scores or scores
-        diff = [a - b for a, b in zip(scores, base_scores)]
-        mean, sd = statistics.fmean(scores), statistics.stdev(scores)
-        dm, dse = statistics.fmean(diff), statistics.stdev(diff) / math.sqrt(len(diff))
-        rows.append((r, mean, sd, dm, dse, sum(d > 0 for d in diff), sum(d < 0 for d in diff)))
-        log(f"  {r.name:34s} {mean:.2%} ± {sd:.2%}  vs today {dm:+.2%} ± {dse:.2%} "
-            f"(better on {rows[-1][5]}, worse on {rows[-1][6]} of {len(diff)})  {time.perf_counter() - t:.0f} s")
+        stats = Paired.of(scores, base_scores)
+        rows.append((r, stats))
+        log(f"  {r.name:34s} {stats.line()}  {time.perf_counter() - t:.0f} s")
     held_n = len(splits[0][1])
     lines = [
         "## Head recipes for the `quick` preset, scored on repeated validation splits",
@@ -267,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         ("**Smoke check (--quick): images at a quarter of the nominal sizes; the figures mean nothing.** "
          if args.quick else "") +
         f"{BACKBONE} features (packaged ImageNet weights) of the {len(items)} flower photos outside "
-        f"bench/accuracy.py's test split ({len(test_items)} photos, never used here); each recipe trains a head "
+        f"bench/accuracy.py's test split ({n_test} photos, never used here); each recipe trains a head "
         f"on {len(items) - held_n} and is scored on {held_n} held-out photos, on the same {args.splits} stratified "
         f"splits (copies kept together; seeds 100..{99 + args.splits}). \"vs today\": the mean paired difference "
         "from the current quick recipe ± its standard error, and on how many splits it was better / worse. "
@@ -277,17 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         "| dropout | mixup | test-time | held-out acc (mean ± sd) | vs today | better / worse |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r, mean, sd, dm, dse, up, down in rows:
+    for r, stats in rows:
         tt = f"{r.eval_size} px" + (" + flip" if r.eval_flip else "")
         views = ", ".join(r.train_views) if r.train_views else f"clean224 + {r.views - 1} augmented"
         lines.append(f"| {r.name} | {views} | {r.cost():.2g} | {r.epochs} | {r.lr:g} | {r.weight_decay:g} | {r.label_smoothing:g} "
-                     f"| {r.dropout:g} | {r.mixup:g} | {tt} | {mean:.2%} ± {sd:.2%} | {dm:+.2%} ± {dse:.2%} "
-                     f"| {up} / {down} |")
-    md = "\n".join(lines)
-    print(md)
-    if args.out:
-        write_text(args.out, md)
-    return 0
+                     f"| {r.dropout:g} | {r.mixup:g} | {tt} | {stats.cells()} |")
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":

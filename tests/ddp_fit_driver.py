@@ -2,7 +2,7 @@
 
 ``python -m torch.distributed.run --standalone --nproc-per-node=2 tests/ddp_fit_driver.py DATA OUT BATCH``
 
-For each strategy, every rank writes ``OUT/<strategy>-rank<R>.pt`` (its weights, history and validation
+For each run (RUNS), every rank writes ``OUT/<strategy>-rank<R>.pt`` (its weights, history and validation
 output) and rank 0 then writes ``OUT/<strategy>-single.pt``: the data-parallel net evaluated alone on the whole
 validation set and, for ``head``, the same net and data trained by one process with the global batch
 (BATCH x world size), the run that data-parallel training must reproduce. The heads have no dropout (its masks
@@ -28,10 +28,12 @@ from xfer.engine import TrainConfig, evaluate, fit  # noqa: E402
 from xfer.nets.registry import get_backbone  # noqa: E402
 from xfer.nets.strategies import build_network, make_spec  # noqa: E402
 
-STRATEGIES = ("head", "finetune")
+#: Run name -> (strategy, TrainConfig.cache_frozen): "cached" is finetune on its frozen stages' cached outputs.
+RUNS = {"head": ("head", False), "finetune": ("finetune", False), "cached": ("finetune", True)}
 
 
-def run(strategy: str, data: Path, batch: int, record: Path | None):
+def run(name: str, data: Path, batch: int, record: Path | None):
+    strategy, cache_frozen = RUNS[name]
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)
         os.environ[distributed.RECORD_ENV] = str(record)
@@ -40,7 +42,7 @@ def run(strategy: str, data: Path, batch: int, record: Path | None):
     torch.manual_seed(0)
     net = build_network(make_spec("resnet18", strategy, len(report.classes), dropout=0.0), weights=None)
     pre = get_backbone("resnet18").get_preprocessing().for_size(32)
-    config = TrainConfig(epochs=2, batch_size=batch, augment=False, seed=0)
+    config = TrainConfig(epochs=2, batch_size=batch, augment=False, seed=0, cache_frozen=cache_frozen)
     result = fit(net, strategy, train_items, val_items, pre, config, select_device("cpu", num_workers=0))
     os.environ.pop(distributed.RECORD_ENV, None)
     return result, val_items, pre
@@ -58,7 +60,7 @@ def main() -> None:
     with distributed.process_group("cpu") as parallel:
         assert parallel, "run me under torchrun"
         rank, world = distributed.rank(), distributed.world_size()
-        ddp = {s: run(s, data, batch, out / f"record-{s}") for s in STRATEGIES}
+        ddp = {s: run(s, data, batch, out / f"record-{s}") for s in RUNS}
         for s, (result, _, _) in ddp.items():
             torch.save(summary(result), out / f"{s}-rank{rank}.pt")
     if rank != 0:

@@ -116,16 +116,33 @@ def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
     assert "used for nothing but the test column" in md
 
 
+def _table_rows(md: str) -> list[list[str]]:
+    """The cells of a markdown table's rows, header and rule left out."""
+    return [line.split("|") for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+
 def test_head_recipes_bench_scores_recipes_on_splits_outside_the_test_split(tmp_path, flowers_dir):
     out = tmp_path / "recipes.md"
     proc = _run(["bench/head_recipes.py", "--quick", "--round", "2", "--features", str(tmp_path / "f.pt"),
                  "--out", str(out)], XFER_FLOWERS_DIR=str(flowers_dir))
     md = out.read_text()
     assert md.strip() in proc.stdout and "Smoke check" in md
-    rows = [line.split("|") for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = _table_rows(md)
     assert rows[0][1].strip().startswith("quick today") and rows[0][-3].strip() == "+0.00% ± 0.00%"
     assert len(rows) > 5 and all("%" in r[-4] for r in rows)  # every recipe scored
     # The second run reads the cached features instead of computing them again.
     again = _run(["bench/head_recipes.py", "--quick", "--round", "2", "--features", str(tmp_path / "f.pt")],
                  XFER_FLOWERS_DIR=str(flowers_dir))
     assert "features:" in proc.stderr and "features:" not in again.stderr
+
+
+def test_tail_recipes_bench_trains_the_last_stages_on_cached_maps(tmp_path, flowers_dir):
+    out = tmp_path / "tail.md"
+    proc = _run(["bench/tail_recipes.py", "--quick", "--round", "2", "--maps", str(tmp_path / "maps.pt"),
+                 "--out", str(out)], XFER_FLOWERS_DIR=str(flowers_dir))
+    md = out.read_text()
+    assert md.strip() in proc.stdout and "Smoke check" in md
+    rows = _table_rows(md)
+    assert rows[0][1].strip().startswith("quick today") and rows[0][8].strip() == "+0.00% ± 0.00%"
+    assert {r[2].strip() for r in rows} >= {"9 of 9", "7 of 9"} and all("%" in r[7] for r in rows)
+    assert "maps after 6 stages" in proc.stderr

@@ -135,7 +135,7 @@ def test_data_parallel_fit_equals_one_process_with_the_global_batch(tmp_path):
     def load(name):
         return torch.load(out / f"{name}.pt", weights_only=True)
 
-    for strategy in ("head", "finetune"):
+    for strategy in ("head", "finetune", "cached"):  # cached: finetune on its frozen stages' cached outputs
         r0, r1, single = load(f"{strategy}-rank0"), load(f"{strategy}-rank1"), load(f"{strategy}-single")
         for k in r0["state"]:  # DDP: every rank ends with the same weights, bit for bit
             assert torch.equal(r0["state"][k], r1["state"][k]), (strategy, k)

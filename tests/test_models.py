@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from xfer import ConfigError, WeightsError
+from xfer import ConfigError, TrainConfig, WeightsError
 from xfer.nets.registry import get_backbone, list_backbones, load_pretrained, load_state_dict_file, pretrained_available
 from xfer.nets.strategies import STRATEGIES, NetworkSpec, build_network, make_spec, param_groups
 
@@ -148,9 +148,13 @@ def test_finetune_body_learns_slower_than_head():
     net = build_network(make_spec("resnet18", "finetune", 3))
     lrs = {g["lr"] for g in param_groups(net, "finetune", 1e-3, 1e-4)}
     assert lrs == {1e-3, 1e-4}
+    assert {g["lr"] for g in param_groups(net, "finetune", 1e-3, 1e-4, body_lr=5e-4)} == {1e-3, 5e-4}
+    with pytest.raises(ConfigError, match="body's learning rate"):
+        TrainConfig(body_lr=0.0).validate()
     head_only = build_network(make_spec("resnet18", "head", 3))
-    groups = param_groups(head_only, "head", 1e-3, 1e-4)
-    assert sum(len(g["params"]) for g in groups) == len(list(head_only.head.parameters()))
+    for body_lr in (None, 1e-3):  # a frozen body never trains, whatever its learning rate says
+        groups = param_groups(head_only, "head", 1e-3, 1e-4, body_lr=body_lr)
+        assert sum(len(g["params"]) for g in groups) == len(list(head_only.head.parameters()))
 
 
 def test_reinit_resets_the_last_layers():
@@ -201,3 +205,33 @@ def test_offline_imagenet_weights_give_actionable_error(tmp_path, monkeypatch):
         load_pretrained(get_backbone("resnet18").make(), "resnet18", "imagenet")
     msg = str(e.value)
     assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg and "--weights none" in msg
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_a_body_cut_after_any_stage_computes_what_the_whole_body_does(name):
+    from xfer.nets.strategies import backbone_network, split_body
+
+    torch.manual_seed(0)
+    b = get_backbone(name)
+    full = backbone_network(name)
+    full.set_submodule(b.head, nn.Identity())
+    full.eval()
+    x = torch.randn(2, 3, 64, 64)
+    n = b.num_stages
+    with torch.no_grad():
+        want = full(x)
+        for cut in sorted({1, 2, b.finetune_frozen, b.default_cut, n // 2, n - 2, n - 1} & set(range(1, n))):
+            first, rest = split_body(name, full, cut)
+            assert torch.allclose(rest(first(x)), want, rtol=1e-4, atol=1e-5), cut
+    assert split_body(name, full, 0) is None and split_body(name, full, n) is None
+
+
+def test_finetune_splits_its_body_after_the_frozen_stages():
+    net = build_network(make_spec("resnet18", "finetune", 3, frozen_stages=2))
+    first, rest = net.split
+    # The frozen stages, their very parameters.
+    assert [id(p) for p in first.parameters()] == [id(p) for m in net.frozen_parts for p in m.parameters()]
+    assert rest[0] is net.body.layer2 and not any(p.requires_grad for p in first.parameters())
+    assert all(p.requires_grad for p in rest.parameters())
+    assert build_network(make_spec("resnet18", "finetune", 3, frozen_stages=0)).split is None
+    assert build_network(make_spec("resnet18", "head", 3)).split is None  # the whole body is frozen: no cut

@@ -146,7 +146,7 @@ def test_multi_view_loader_and_features_per_view(jpeg_items):
 def test_feature_batches_draw_one_view_per_image_each_pass():
     v, n = 3, 10
     feats = torch.arange(v).view(v, 1, 1).float() * 100 + torch.arange(n).view(1, n, 1).float()  # 100*view + index
-    batches = FeatureBatches(feats, torch.arange(n), 4, shuffle=True, seed=0, drop_last=True)
+    batches = FeatureBatches(feats, torch.arange(n), 4, shuffle=True, seed=0, drop_last=True, views=True)
     assert len(batches) == 2
     seen_views = set()
     for _ in range(5):

@@ -38,7 +38,16 @@ def saved_training(folder) -> dict:
 def test_the_table():
     assert DEFAULT_PRESET == "quick" and set(PRESETS) == {"quick", "best"}
     quick, best = get_preset(None), get_preset("best")
-    assert quick is PRESETS["quick"] and (quick.strategy, quick.epochs, quick.cache_views) == ("head", 15, 1)
+    assert quick is PRESETS["quick"] and (quick.strategy, quick.epochs, quick.cache_views) == ("finetune", 5, 1)
+    assert (quick.frozen_stages, quick.cache_frozen, quick.train_config().cache_frozen) == (7, True, True)
+    assert (quick.train_config().lr, quick.train_config().body_lr, quick.train_config(body_lr=2e-4).body_lr) == (
+        1e-3, 1e-3, 2e-4)
+    # Another backbone gets the preset's settings for other backbones (its own recipe is sized for Lite0).
+    other = quick.for_backbone("resnet18")
+    assert (other.backbone, other.strategy, other.epochs, other.cache_frozen, other.frozen_stages, other.body_lr) == (
+        "resnet18", "head", 15, False, None, None)
+    assert quick.for_backbone("efficientnet_lite0") is quick and quick.for_backbone(None) is quick
+    assert other.on("cuda").epochs == 30 and get_preset("best").for_backbone("resnet18").strategy == "finetune"
     assert (best.strategy, best.image_size, best.epochs, best.frozen_stages) == ("finetune", 256, 4, 5)
     assert quick.max_per_class is None and best.max_per_class is None  # every image
     with pytest.raises(xfer.ConfigError, match="Unknown preset 'fast': choose one of quick, best"):
@@ -49,7 +58,7 @@ def test_the_table():
         assert gpu.image_size > p.image_size and gpu.epochs > p.epochs and p.on("cpu") is p
     # Given settings replace the preset's; None means "not given".
     cfg = quick.train_config(epochs=2, lr=None, seed=3)
-    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, None, 3, 1, 0.1)
+    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, 1e-3, 3, 1, 0.1)
     assert best.train_config(cache_views=2).cache_views == 2 and best.train_config().epochs == 4
     # Frozen stages are the preset's for its own strategy and backbone only.
     assert best.frozen_for("finetune", best.backbone) == 5 and best.frozen_for("finetune", "resnet18") is None
@@ -65,8 +74,8 @@ def test_cli_options_default_to_not_given_and_help_lists_the_presets():
     parser = build_parser()
     args = parser.parse_args(["train", "--data", "d", "--out", "o"])
     assert args.preset is None
-    for dest in ("backbone", "strategy", "epochs", "image_size", "lr", "label_smoothing", "cache_views",
-                 "frozen_stages"):
+    for dest in ("backbone", "strategy", "epochs", "image_size", "lr", "body_lr", "label_smoothing", "cache_views",
+                 "cache_frozen", "frozen_stages"):
         assert getattr(args, dest) is None, dest  # so that the preset's value is used
     args = parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "best", "--epochs", "2",
                               "--strategy", "auto", "--label-smoothing", "0"])
@@ -74,7 +83,8 @@ def test_cli_options_default_to_not_given_and_help_lists_the_presets():
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "slow"])
     help_text = cli("train", "--help").stdout
-    assert "--preset {quick,best}" in help_text and "quick (default): efficientnet_lite0, head, 15 epochs" in help_text
+    assert "--preset {quick,best}" in help_text and "--cache-frozen, --no-cache-frozen" in help_text
+    assert "quick (default): efficientnet_lite0, finetune, 5 epochs" in " ".join(help_text.split())
     listed = cli("presets")
     assert listed.returncode == 0 and "quick (default)" in listed.stdout and "on a GPU" in listed.stdout
 
@@ -83,12 +93,20 @@ def test_cli_train_applies_the_preset_and_explicit_flags_override_it(tmp_path):
     colors = make_color_dataset(tmp_path / "colors", per_class=6, size=24)
     r = cli("train", "--data", str(colors), "--out", str(tmp_path / "quick"), "--weights", "none")
     assert r.returncode == 0, r.stderr
-    assert "preset quick: backbone efficientnet_lite0, strategy head, epochs 15" in r.stderr and "overridden" not in r.stderr
+    assert "preset quick: backbone efficientnet_lite0, strategy finetune, epochs 5" in r.stderr
+    assert "overridden" not in r.stderr
     t = saved_training(tmp_path / "quick")
-    assert (t["preset"], t["epochs"], t["image_size"], t["cache_views"], t["label_smoothing"]) == (
-        "quick", 15, 224, 1, 0.1)
+    assert (t["preset"], t["epochs"], t["image_size"], t["cache_views"], t["label_smoothing"], t["cache_frozen"],
+            t["frozen_stages"]) == ("quick", 5, 224, 1, 0.1, True, 7)
     cfg = json.loads((tmp_path / "quick" / "config.json").read_text())["xfer"]
-    assert (cfg["backbone"], cfg["strategy"]) == ("efficientnet_lite0", "head")
+    assert (cfg["backbone"], cfg["strategy"]) == ("efficientnet_lite0", "finetune")
+    # Another backbone: the preset's settings for other backbones (a frozen body's head, 15 epochs).
+    r = cli("train", "--data", str(colors), "--out", str(tmp_path / "other"), "--weights", "none",
+            "--backbone", "resnet18", "--image-size", "32")
+    assert r.returncode == 0, r.stderr
+    assert "preset quick: backbone resnet18, strategy head, epochs 15" in r.stderr
+    t = saved_training(tmp_path / "other")
+    assert (t["epochs"], t["cache_frozen"]) == (15, False)
 
     r = cli("train", "--data", str(colors), "--out", str(tmp_path / "best"), "--weights", "none", "--preset", "best",
             "--epochs", "1", "--image-size", "32", "--label-smoothing", "0", "--batch-size", "8")
@@ -107,6 +125,9 @@ def test_api_default_is_the_quick_preset(tmp_path):
     t = saved_training(tmp_path / "m")
     assert model.strategy == "head" and t["preset"] == "quick"
     assert (t["epochs"], t["cache_views"], t["label_smoothing"], t["image_size"]) == (15, 1, 0.1, 32)
+    model = xfer.train(report, weights=None, image_size=32, device=CPU)  # the preset's own backbone and recipe
+    assert (model.backbone, model.strategy, model.spec.frozen_stages) == ("efficientnet_lite0", "finetune", 7)
+    assert (model.training["epochs"], model.training["cache_frozen"]) == (5, True)
     # An explicit config is used as given; preset=None is the plain defaults (the advisor, TrainConfig()).
     model = xfer.train(report, backbone="resnet18", weights=None, image_size=32, device=CPU, preset=None,
                        config=TrainConfig(epochs=1, batch_size=8))
@@ -172,7 +193,25 @@ def test_choosing_a_preset_sets_the_fields_and_on_train_uses_it(session, colors_
 
 def test_the_advisor_does_not_swap_the_presets_cost_class(session, colors_zip):
     data.on_upload_zip(session, str(colors_zip))
-    quick = train.on_recommend(session, 0, "quick")  # a small set: head or truncate, a frozen body like quick's
+    # A small set: head or truncate, a frozen body, like quick's recipe for the session's resnet18.
+    quick = train.on_recommend(session, 0, "quick")
     assert quick.strategy in ("head", "truncate") and "(pre-selected)" in quick.advisor
-    best = train.on_recommend(session, 0, "best")  # best's epochs are a finetune run's: the advice is only shown
-    assert not isinstance(best.strategy, str) and "The preset *best* keeps finetune" in best.advisor
+    # quick's own backbone: its epochs are a cached finetune's (5); best's a finetune run's through the images.
+    train.on_backbone(session, "efficientnet_lite0", True)
+    for name in ("quick", "best"):
+        rec = train.on_recommend(session, 0, name)
+        assert not isinstance(rec.strategy, str) and f"The preset *{name}* keeps finetune" in rec.advisor
+    quick, best = get_preset("quick"), get_preset("best")
+    assert train._follows_advice("finetune", quick) and not train._follows_advice("head", quick)
+    other = quick.for_backbone("resnet18")  # a frozen body's head: the advisor's frozen picks replace it
+    assert train._follows_advice("truncate", other) and not train._follows_advice("finetune", other)
+    assert train._follows_advice("scratch", best) and not train._follows_advice("head", best)
+
+
+def test_picking_another_backbone_in_the_app_gives_the_presets_settings_for_it(session):
+    strategy, md, epochs, lr = train.on_pick_backbone(session, "resnet18", "quick")
+    assert (strategy, epochs, lr) == ("head", 15, xfer.STRATEGIES["head"].lr) and md
+    strategy, _, epochs, lr = train.on_pick_backbone(session, "efficientnet_lite0", "quick")
+    assert (strategy, epochs, lr) == ("finetune", 5, get_preset("quick").lr)
+    assert train.on_pick_backbone(session, "resnet18", "best")[:3:2] == ("finetune", 4)  # best has one recipe
+    assert "With another backbone: head, 15 epochs." in train.preset_markdown(session.config, "quick")

@@ -293,3 +293,73 @@ def test_fit_gives_freed_memory_back_when_it_ends(monkeypatch, tmp_path):
     with pytest.raises(Cancelled):
         _train(colors, strategy="finetune", config=TrainConfig(epochs=1, batch_size=8, seed=0), cancel=Stop())
     assert calls == ["released", "released"]  # also when training is stopped
+
+
+def test_cache_frozen_runs_the_frozen_stages_once_per_image_and_trains_the_rest(colors):
+    from xfer.data import split_dataset
+    from xfer.data.pipeline import image_batches
+    from xfer.data.transforms import Preprocessing
+    from xfer.engine import evaluate, fit
+
+    torch.manual_seed(0)
+    net = build_network(make_spec("resnet18", "finetune", 3, frozen_stages=3))  # stem, layer1, layer2 frozen
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    seen = {"frozen": 0, "trained": 0}
+    # Images of the run (32 px: 4x4 maps after layer2), not the 64-px probes that check the batch-norm fold.
+    net.body.layer2.register_forward_hook(
+        lambda m, i, o: seen.__setitem__("frozen", seen["frozen"] + len(o) * (o.shape[-1] == 4)))
+    net.body.layer3.register_forward_hook(lambda m, i, o: seen.__setitem__("trained", seen["trained"] + len(o)))
+    train_items, val_items = split_dataset(colors, 0.25, seed=0)
+    pre = Preprocessing(32, 36)
+    result = fit(net, "finetune", train_items, val_items, pre,
+                 TrainConfig(epochs=3, batch_size=4, seed=0, cache_frozen=True), CPU)
+    n = len(train_items) + len(val_items)
+    assert n <= seen["frozen"] <= n + 1  # once per image (and one to size the cache), not once per epoch
+    assert seen["trained"] >= 3 * len(val_items)  # the rest ran every epoch
+    after = net.state_dict()
+    frozen = ("body.conv1.", "body.bn1.", "body.layer1.", "body.layer2.")
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert not {k for k in changed if k.startswith(frozen)}  # weights and batch-norm statistics
+    assert "body.layer4.1.conv2.weight" in changed and "head.1.weight" in changed
+    # The validation figures are exactly the returned network's, run on the images end to end.
+    out = evaluate(net, image_batches(val_items, pre, [False], 4, CPU), CPU)
+    assert torch.allclose(out.probs, result.val_output.probs, atol=1e-5)
+
+
+def test_cache_frozen_is_refused_when_too_large_and_ignored_without_frozen_stages(colors, monkeypatch):
+    import xfer.engine
+
+    monkeypatch.setattr(xfer.engine, "MAX_CACHE_BYTES", 1000)
+    cfg = TrainConfig(epochs=1, batch_size=8, seed=0, cache_frozen=True)
+    with pytest.raises(xfer.ConfigError, match="would take .* GiB .*turn cache_frozen off"):
+        _train(colors, strategy="finetune", frozen_stages=2, config=cfg)
+    assert _train(colors, strategy="scratch", config=cfg).training["cache_frozen"] is True  # trained on images
+    with pytest.raises(xfer.ConfigError, match="cache_frozen must be true or false"):
+        TrainConfig(cache_frozen="yes").validate()
+
+
+@pytest.mark.parametrize("backbone,frozen", [("resnet18", 2), ("efficientnet_lite0", 3)])
+def test_cache_frozen_trains_on_the_maps_the_saved_network_computes(colors, monkeypatch, backbone, frozen):
+    # The training maps are computed with batch norms folded, the validation maps without: given the same images
+    # both ways, they must agree (a stem's batch norm left unfolded after its conv was folded once made them
+    # differ, and the rest of the body learned maps that the saved network never computes).
+    import xfer.engine
+    from xfer.data import split_dataset
+    from xfer.data.transforms import Preprocessing
+    from xfer.engine import fit
+
+    seen = []
+    real = xfer.engine.compute_features
+    monkeypatch.setattr(xfer.engine, "compute_features", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    torch.manual_seed(0)
+    net = build_network(make_spec(backbone, "finetune", 3, frozen_stages=frozen))
+    with torch.no_grad():  # batch norms that are not the identity (as freshly initialised ones nearly are)
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    items, _ = split_dataset(colors, 0.25, seed=0)
+    fit(net, "finetune", items, items, Preprocessing(32, 36), TrainConfig(epochs=1, batch_size=4, cache_frozen=True),
+        CPU)
+    (train_maps, train_labels), (val_maps, val_labels) = seen
+    assert torch.equal(train_labels, val_labels) and train_maps.shape == val_maps.shape and train_maps.ndim == 4
+    assert torch.allclose(train_maps, val_maps, rtol=1e-3, atol=1e-4 * val_maps.abs().max().item())

@@ -83,7 +83,8 @@ def train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = Non
 
     ``preset`` ("quick", the default, or "best"; see :mod:`xfer.presets`) fills in what is not given:
     ``backbone``, ``strategy``, ``image_size``, ``frozen_stages`` (for its own strategy and backbone) and,
-    when ``config`` is None, the hyper-parameters; on a GPU its GPU settings apply. ``preset=None``: no
+    when ``config`` is None, the hyper-parameters; on a GPU its GPU settings apply, with another backbone
+    than its own its settings for other backbones (:meth:`~xfer.presets.Preset.for_backbone`). ``preset=None``: no
     preset (the default backbone, ``strategy="auto"``, 224 px, ``TrainConfig()``).
     ``strategy="auto"`` asks the advisor. ``weights`` is "imagenet", a state dict
     path, or None/"none" for random weights. ``frozen_stages``: how many leading
@@ -127,7 +128,7 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
     from .nets.strategies import STRATEGIES, build_network, make_spec
 
     device = device or select_device(distributed.device_name("auto"))
-    chosen = get_preset(preset).on(device.type) if preset is not None else None
+    chosen = get_preset(preset).for_backbone(backbone).on(device.type) if preset is not None else None
     config = config or (chosen.train_config() if chosen else TrainConfig())
     config.validate()  # before scanning the data and building the network, not minutes later in fit
     image_size = image_size if image_size is not None else (chosen.image_size if chosen else 224)

@@ -159,20 +159,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = distributed.world_size()
     with distributed.stopped_as_error(), _quiet(not distributed.is_main()), _dataset(source) as report:
         print(report.summary(), file=sys.stderr)
-        preset = get_preset(args.preset).on(device.type)
+        preset = get_preset(args.preset)
         backbone = args.backbone or preset.backbone
         if backbone is None:
             backbone, note = default_backbone()
             if note:
                 print(f"note: {note}", file=sys.stderr)
+        preset = preset.for_backbone(backbone).on(device.type)
         print(f"device: {device.name}" + (f", {world} processes (torchrun): batch {args.batch_size} per process, "
               f"{args.batch_size * world} per step" if world > 1 else ""), file=sys.stderr)
         print(_preset_line(preset, args), file=sys.stderr)
         # The preset's settings, then every option given on the command line (None: not given).
-        config = preset.train_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        config = preset.train_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, body_lr=args.body_lr,
                                      optimizer=args.optimizer, weight_decay=args.weight_decay,
                                      label_smoothing=args.label_smoothing, augment=not args.no_augment,
-                                     cache_views=args.cache_views, patience=args.patience, seed=args.seed,
+                                     cache_views=args.cache_views, cache_frozen=args.cache_frozen,
+                                     patience=args.patience, seed=args.seed,
                                      compile=args.compile)
         job = functools.partial(train, report, backbone=backbone, strategy=args.strategy, weights=args.weights,
                                 image_size=args.image_size, val_fraction=args.val_fraction, config=config,
@@ -191,8 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 #: train's options that a preset sets (their argparse dests; None: not given).
-PRESET_OPTIONS = ("backbone", "strategy", "epochs", "image_size", "lr", "label_smoothing", "cache_views",
-                  "frozen_stages")
+PRESET_OPTIONS = ("backbone", "strategy", "epochs", "image_size", "lr", "body_lr", "label_smoothing", "cache_views",
+                  "cache_frozen", "frozen_stages")
 
 
 def _preset_line(preset, args: argparse.Namespace) -> str:
@@ -391,12 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_number(0, 10, lo_open=True), default=None,
                    help="(preset) default: the strategy's (adamw: 1e-3 head/truncate, 3e-3 finetune/scratch) "
                         "or 1e-2 (sgd)")
+    t.add_argument("--body-lr", type=_number(0, 10, lo_open=True), default=None,
+                   help="(preset) a trained body's learning rate (default: the preset's, else lr times the "
+                        "strategy's body multiplier: finetune 0.1, scratch 1)")
     t.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     t.add_argument("--weight-decay", type=_number(0, 10), default=1e-4)
     t.add_argument("--label-smoothing", type=_number(0, 1, hi_open=True), default=None, help="(preset)")
     t.add_argument("--no-augment", action="store_true", help="no random resized crop and flip")
     t.add_argument("--cache-views", type=_whole(1), default=None,
                    help="(preset) frozen strategies: views cached per image (1 clean + N-1 augmented)")
+    t.add_argument("--cache-frozen", action=argparse.BooleanOptionalAction, default=None,
+                   help="(preset) finetune: run the frozen first stages once per image (and cached view) and "
+                        "train the rest on their outputs (fast; no fresh augmentation each epoch)")
     t.add_argument("--patience", type=_whole(1), default=None, help="early stopping after N epochs without improvement")
     t.add_argument("--cut", type=_whole(1), default=None, help="truncate: number of backbone stages kept")
     t.add_argument("--reinit", type=_whole(0), default=0, help="finetune: re-initialise the last N backbone layers")

@@ -50,6 +50,8 @@ class TrainConfig:
     # None: the strategy's default for AdamW (1e-3 for frozen bodies; 3e-3 for finetune, measured 94.7% and
     # 95.5% vs 93.0% with 1e-3 on the flowers, and scratch), 1e-2 for SGD. See resolved().
     lr: float | None = None
+    # A trained body's learning rate; None: lr times the strategy's body multiplier (finetune 0.1, scratch 1).
+    body_lr: float | None = None
     optimizer: str = "adamw"  # "adamw" | "sgd"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
@@ -59,6 +61,10 @@ class TrainConfig:
     # (20-40 images per class: +0.8, -2.4, +0.8 points with 3 views), while 1 view makes `head`
     # >10x faster than the tutorial loop at 10 epochs (bench/head_vs_tutorial.py).
     cache_views: int = 1
+    # A trained body with frozen first stages (finetune): those stages run once per image (and cached view)
+    # and the rest of the body trains on their cached outputs, as a head trains on a frozen body's features.
+    # No fresh augmentation per epoch then; it pays where little is left to train (the last stages).
+    cache_frozen: bool = False
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     seed: int = 0
     compile: bool = False  # torch.compile the trainable module (CUDA only pays off)
@@ -90,12 +96,17 @@ class TrainConfig:
         # `not x > 0` alone lets infinity through, and an infinite step turns every weight into NaN.
         if not number(self.learning_rate) or not 0 < self.learning_rate <= 10:
             raise ConfigError(f"The learning rate must be a number above 0 and at most 10, got {self.learning_rate}.")
+        if self.body_lr is not None and (not number(self.body_lr) or not 0 < self.body_lr <= 10):
+            raise ConfigError(f"The body's learning rate must be a number above 0 and at most 10 (or None), got "
+                              f"{self.body_lr}.")
         if not number(self.weight_decay) or not 0 <= self.weight_decay <= 10:
             raise ConfigError(f"The weight decay must be a number from 0 to 10, got {self.weight_decay}.")
         if not number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"Label smoothing must be at least 0 and below 1, got {self.label_smoothing}.")
         if not count(self.cache_views) or self.cache_views < 1:
             raise ConfigError(f"cache_views must be a whole number of at least 1, got {self.cache_views}.")
+        if not isinstance(self.cache_frozen, bool):
+            raise ConfigError(f"cache_frozen must be true or false, got {self.cache_frozen!r}.")
         if self.patience is not None and (not count(self.patience) or self.patience < 1):
             raise ConfigError(f"patience must be a whole number of at least 1 (or None), got {self.patience}.")
 
@@ -348,10 +359,11 @@ def evaluate(module: nn.Module, loader: DataLoader, device: DeviceInfo, loss_fn:
 def compute_features(body: nn.Module, loader, device: DeviceInfo,
                      on_step: Callable[[int, int, int], None] | None = None,
                      keep_on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a frozen body once over ``loader``: (features (N, D) float32 on CPU, labels (N,)).
+    """Run a frozen body once over ``loader``: (features (N, ...) float32 on CPU, labels (N,)).
 
-    A loader of several views per image (x of shape (B, V, 3, S, S)) gives features
-    (N, V, D). ``keep_on_device`` leaves both on the device (for training a head there).
+    Features keep the body's output shape: (N, D) for a whole body, (N, C, H, W) for its first
+    stages. A loader of several views per image (x of shape (B, V, 3, S, S)) gives features
+    (N, V, ...). ``keep_on_device`` leaves both on the device (for training a head there).
     """
     body.eval()
     feats, labels = [], []
@@ -362,9 +374,9 @@ def compute_features(body: nn.Module, loader, device: DeviceInfo,
             x = x.flatten(0, 1)
         with _autocast(device):
             f = body(_to_device(x, device))
-        f = f.float().flatten(1)
+        f = f.float()
         if views:
-            f = f.view(-1, views, f.shape[1])
+            f = f.view(-1, views, *f.shape[1:])
         # Collected on the device and moved once at the end: a copy per batch would wait for each batch.
         feats.append(f)
         labels.append(y)
@@ -377,7 +389,7 @@ def compute_features(body: nn.Module, loader, device: DeviceInfo,
 def make_optimizer(net: Classifier, strategy: str, config: TrainConfig,
                    device: DeviceInfo | None = None) -> torch.optim.Optimizer:
     config = config.resolved(strategy)
-    groups = param_groups(net, strategy, config.learning_rate, config.weight_decay)
+    groups = param_groups(net, strategy, config.learning_rate, config.weight_decay, body_lr=config.body_lr)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9, nesterov=True)
     # On CUDA one fused kernel updates all parameters instead of several per tensor.
@@ -401,7 +413,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fold(net: Classifier, frozen: Sequence[nn.Module], config: TrainConfig):
+def _fold(net: nn.Module, frozen: Sequence[nn.Module], config: TrainConfig):
     # Not under torch.compile: swapping modules between epochs would recompile, and compile fuses anyway.
     if config.compile or not frozen:
         return contextlib.nullcontext(0)
@@ -480,19 +492,54 @@ def _cpu_output(out: EvalOutput | None) -> EvalOutput | None:
     return None if out is None else EvalOutput(out.loss, out.accuracy, out.probs.cpu(), out.targets.cpu())
 
 
+#: Most memory the cached outputs of a trained body's frozen stages may take (``TrainConfig.cache_frozen``).
+MAX_CACHE_BYTES = 4 * 2**30
+
+
+def cached_parts(net: Classifier, config: TrainConfig) -> tuple[nn.Module, nn.Module] | None:
+    """(what runs once per image, what trains on its cached outputs), or None: the images every epoch.
+
+    A frozen body: (body, head). ``config.cache_frozen`` with a trained body that has frozen first stages:
+    (those stages, the rest of the body and the head); without frozen stages the images go through it.
+    """
+    if net.frozen:
+        return net.body, net.head
+    if not config.cache_frozen or net.split is None:  # nothing frozen to cache (scratch, --frozen-stages 0)
+        return None
+    first, rest = net.split
+    return first, nn.Sequential(rest, net.head)
+
+
+def _check_cache_size(first: nn.Module, pre: Preprocessing, images: int, device: DeviceInfo) -> None:
+    """Refuse (before the first image is read) a cache of feature maps larger than :data:`MAX_CACHE_BYTES`."""
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, pre.crop_size, pre.crop_size, device=device.device)
+        per_image = first.eval()(probe).numel() * 4  # cached as float32
+    if per_image * images > MAX_CACHE_BYTES:
+        raise ConfigError(f"Caching the frozen stages' outputs would take {per_image * images / 2**30:.1f} GiB "
+                          f"(at most {MAX_CACHE_BYTES / 2**30:.0f}): freeze more stages, use fewer cached views "
+                          "or smaller images, or turn cache_frozen off.")
+
+
 def _feature_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
                     device: DeviceInfo, head_units: float, callback: Callback | None, cancel: CancelFlag | None,
                     shard: tuple[int, int] | None, seed: int) -> tuple:
-    """A frozen body runs once per image (and view); the head then trains on the cached features, on the device.
+    """The frozen part runs once per image (and view); the rest then trains on its cached outputs, on the device.
 
+    The frozen part is a frozen body (the head trains on its features) or a trained body's frozen first
+    stages (the rest of the body and the head train on their feature maps; see :func:`cached_parts`).
     Returns (module to train, train batches, validation batches, clock, clock units per image).
     """
     rank, world = shard or (0, 1)
     n_train, n_val, bs, epochs = len(train_items), len(val_items), config.batch_size, config.epochs
     gbs = bs * world
     views = config.cache_views if config.augment else 1
-    # Features dominate the cost; an image in a head epoch counts 1/50 of a body pass.
-    unit = 0.02
+    first, trained = cached_parts(net, config)
+    if not net.frozen:
+        _check_cache_size(first, pre, views * n_train + n_val, device)
+    # The cached pass dominates the cost: an image in a head epoch counts 1/50 of a body pass, in an
+    # epoch of a body's last stages about 1/10 (EfficientNet-Lite0's head conv and last stage, measured).
+    unit = 0.02 if net.frozen else 0.1
     clock = _Clock(views * n_train + n_val + head_units * unit, callback, cancel, scale=world)
     clock.check_cancel()
     # Each process caches the features of its contiguous share of the images.
@@ -504,12 +551,14 @@ def _feature_inputs(net: Classifier, train_items: Items, val_items: Items, pre: 
     train_views = image_batches(train_items[lo:hi], pre, [False] + [True] * (views - 1), max(1, fbs // views),
                                 device)
     val_views = image_batches(val_items[vlo:vhi], pre, [False], fbs, device)
-    body = torch.compile(net.body) if config.compile else net.body
+    body = torch.compile(first) if config.compile else first
     total = len(train_views) + len(val_views)
     clock.new_phase()
     # Training features through the body with its batch norms folded (cheaper, same outputs to rounding);
     # validation features through the body as it is saved, so the metrics are exactly the returned model's.
-    with _fold(net, net.frozen_modules, config):
+    # Folded within ``first`` itself: a cut body's first part holds some batch norms in containers of its own
+    # (a stem's Sequential), which folding the whole net would leave in place after their conv was folded.
+    with _fold(first, (first,), config):
         f, labels = compute_features(body, train_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
             "features", 0, epochs, s, total, n * views, n * views))
     vf, vl = compute_features(body, val_views, device, keep_on_device=True, on_step=lambda s, S, n: clock.step(
@@ -519,8 +568,8 @@ def _feature_inputs(net: Classifier, train_items: Items, val_items: Items, pre: 
     vf, vl = distributed.gather_rows(vf, n_val), distributed.gather_rows(vl, n_val)
     # The head trains on the device, on cached features: one view per image drawn afresh each epoch.
     train_loader = FeatureBatches(f.transpose(0, 1) if views > 1 else f, labels, bs, shuffle=True,
-                                  seed=seed, drop_last=n_train > gbs, shard=shard)
-    return net.head, train_loader, FeatureBatches(vf, vl, 256), clock, unit
+                                  seed=seed, drop_last=n_train > gbs, shard=shard, views=views > 1)
+    return trained, train_loader, FeatureBatches(vf, vl, 256), clock, unit
 
 
 def _image_inputs(net: Classifier, train_items: Items, val_items: Items, pre: Preprocessing, config: TrainConfig,
@@ -578,7 +627,8 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
     per_epoch = (n_train // gbs) * gbs if n_train > gbs else n_train  # drop_last
     per_epoch += n_val
 
-    prepare = _feature_inputs if net.frozen else _image_inputs
+    cached = cached_parts(net, config) is not None
+    prepare = _feature_inputs if cached else _image_inputs
     module, train_loader, eval_loader, clock, unit = prepare(
         net, train_items, val_items, pre, config, device, part * per_epoch, callback, cancel, shard, seed)
 
@@ -596,8 +646,8 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         t0 = time.perf_counter()
         clock.new_phase()
         lr_now = optimizer.param_groups[0]["lr"]
-        # A frozen body's head trains on cached features: nothing to fold there.
-        with _fold(net, () if net.frozen else net.frozen_modules, config):
+        # On cached features the frozen part does not run: nothing to fold there.
+        with _fold(net, () if cached else net.frozen_modules, config):
             train_loss, train_acc = train_one_epoch(
                 train_module, train_loader, optimizer, scheduler, loss_fn, device, scaler=scaler,
                 on_step=lambda s, S, n, loss, acc: clock.step("train", epoch, epochs, s, S, n, n * unit, loss, acc))
@@ -606,7 +656,7 @@ def _fit(net: Classifier, strategy: str, train_items: Items, val_items: Items, p
         clock.new_phase()
         out = evaluate(step_module, eval_loader, device, loss_fn,
                        on_step=lambda s, S, n: clock.step("validate", epoch, epochs, s, S, n, n * unit))
-        out = _whole_validation(out, n_val, sharded=not net.frozen)
+        out = _whole_validation(out, n_val, sharded=not cached)
         stats = EpochStats(epoch, train_loss, train_acc, out.loss, out.accuracy, lr_now, time.perf_counter() - t0)
         history.append(stats)
         log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs)", epoch, epochs,

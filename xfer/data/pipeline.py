@@ -457,15 +457,17 @@ def image_batches(items: Items, pre: Preprocessing, views: Sequence[bool], batch
 class FeatureBatches:
     """Cached features, already on the device, in batches: no DataLoader, no per-item Python.
 
-    ``features`` is (V, N, D): each pass draws one of the V views per image (a fresh
-    draw per epoch), so the head sees augmented features without re-running the body.
+    ``features`` is (N, ...) (vectors or feature maps), or with ``views`` (V, N, ...): each pass
+    draws one of the V views per image (a fresh draw per epoch), so the head sees augmented
+    features without re-running the body.
     ``shard=(rank, world_size)``: every rank holds all the features and draws the same order;
     it takes its part of each global batch (:func:`xfer.distributed.local_batches`).
     """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, shard: tuple[int, int] | None = None):
-        self.features = features if features.ndim == 3 else features.unsqueeze(0)
+                 seed: int = 0, drop_last: bool = False, shard: tuple[int, int] | None = None,
+                 views: bool = False):
+        self.features = features if views else features.unsqueeze(0)
         self.labels = labels.to(self.features.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.gen = torch.Generator().manual_seed(seed)

@@ -95,6 +95,11 @@ def lite0_stages(m: nn.Module) -> list[nn.Module]:
     return [stem, *(nn.Sequential(*s) for s in stages), head]
 
 
+def lite_after_stages(m: nn.Module) -> nn.Module:
+    """What the network's forward does after the head conv: average pooling, flattening, dropout, ``_fc``."""
+    return nn.Sequential(m._avg_pooling, nn.Flatten(1), m._dropout, m._fc)
+
+
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names, in output order (torchvision's list; no download)."""
     import torchvision
@@ -110,6 +115,7 @@ register(Backbone(
     # finetune: stem + stages 1-2 (everything at 112 and 56 px) frozen: 0.63x the CPU time of a step
     # that trains every layer (bench/finetune_step.py); accuracy: bench/results/finetune-sweep.md.
     finetune_frozen=3,
+    after_stages=lite_after_stages,
     local_weights=lite0_weights_file,
     preprocessing=Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
     categories=imagenet_categories,
@@ -122,6 +128,7 @@ def _register_lite(n: int, params: str, crop: int) -> Backbone:
     return register(Backbone(
         f"efficientnet_lite{n}", f"EfficientNet-Lite{n} ({params}, {crop} px; weights ship with xfer: works offline)",
         lambda: make_lite(n), "_fc", lite0_stages, default_cut=6, finetune_frozen=3,
+        after_stages=lite_after_stages,
         local_weights=lambda: lite_weights_file(n),
         preprocessing=Preprocessing(crop, round(crop / 0.875), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
         categories=imagenet_categories,

@@ -41,7 +41,10 @@ class Backbone:
     splits the convolutional trunk into blocks, in order; ``truncate`` keeps the
     first ``default_cut`` of them, and ``finetune`` keeps the first ``finetune_frozen`` frozen
     (every stage before the first at 1/8 of the input's resolution: generic edge and colour
-    detectors, and the largest activations, so the most compute per image).
+    detectors, and the largest activations, so the most compute per image). ``after_stages``
+    is what the network computes after its last stage, up to the classifier layer the head
+    replaces (pooling, flattening, VGG's hidden layers): the stages then ``after_stages`` are
+    the whole body, so a body can be cut after any stage (:func:`xfer.nets.strategies.split_body`).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Backbone:
     stages: Callable[[nn.Module], list[nn.Module]]
     default_cut: int
     finetune_frozen: int = 0
+    after_stages: Callable[[nn.Module], nn.Module] | None = None
     weights: Callable[[], object] | None = None  # torchvision WeightsEnum member
     local_weights: Callable[[], Path] | None = None  # weights file shipped in a package
     preprocessing: Preprocessing | None = None  # overrides the weights' transforms
@@ -140,6 +144,19 @@ def _convnext_stages(m: nn.Module) -> list[nn.Module]:
     return [f[i : i + 2] for i in range(0, len(f), 2)]
 
 
+# What each family's forward does after its last stage (torchvision's forward methods, read off).
+def _pool_flatten_classifier(m: nn.Module) -> nn.Module:  # VGG, EfficientNet, MobileNetV3
+    return nn.Sequential(m.avgpool, nn.Flatten(1), m.classifier)
+
+
+def _resnet_after(m: nn.Module) -> nn.Module:
+    return nn.Sequential(m.avgpool, nn.Flatten(1), m.fc)
+
+
+def _convnext_after(m: nn.Module) -> nn.Module:  # its classifier flattens (LayerNorm2d, Flatten, Linear)
+    return nn.Sequential(m.avgpool, m.classifier)
+
+
 _REGISTRY: dict[str, Backbone] = {}
 
 
@@ -153,18 +170,24 @@ def register(backbone: Backbone) -> Backbone:
 
 for _entry in [
     Backbone("vgg16", "VGG-16 (138M params, the classic)", _tv("vgg16"), "classifier.6",
-             _vgg_stages, default_cut=3, finetune_frozen=2, weights=_tv_weights("vgg16")),
+             _vgg_stages, default_cut=3, finetune_frozen=2, after_stages=_pool_flatten_classifier,
+             weights=_tv_weights("vgg16")),
     Backbone("resnet18", "ResNet-18 (12M, fast)", _tv("resnet18"), "fc",
-             _resnet_stages, default_cut=4, finetune_frozen=2, weights=_tv_weights("resnet18")),
+             _resnet_stages, default_cut=4, finetune_frozen=2, after_stages=_resnet_after,
+             weights=_tv_weights("resnet18")),
     Backbone("resnet50", "ResNet-50 (26M)", _tv("resnet50"), "fc",
-             _resnet_stages, default_cut=4, finetune_frozen=2, weights=_tv_weights("resnet50")),
+             _resnet_stages, default_cut=4, finetune_frozen=2, after_stages=_resnet_after,
+             weights=_tv_weights("resnet50")),
     Backbone("efficientnet_b0", "EfficientNet-B0 (5M)", _tv("efficientnet_b0"), "classifier.1",
-             _features_stages, default_cut=6, finetune_frozen=3, weights=_tv_weights("efficientnet_b0")),
+             _features_stages, default_cut=6, finetune_frozen=3, after_stages=_pool_flatten_classifier,
+             weights=_tv_weights("efficientnet_b0")),
     Backbone("mobilenet_v3_large", "MobileNetV3-Large (5M, fastest)", _tv("mobilenet_v3_large"),
              "classifier.3", _features_stages, default_cut=13, finetune_frozen=4,
+             after_stages=_pool_flatten_classifier,
              weights=_tv_weights("mobilenet_v3_large")),
     Backbone("convnext_tiny", "ConvNeXt-Tiny (29M, most accurate)", _tv("convnext_tiny"),
-             "classifier.2", _convnext_stages, default_cut=3, finetune_frozen=1, weights=_tv_weights("convnext_tiny")),
+             "classifier.2", _convnext_stages, default_cut=3, finetune_frozen=1,
+             after_stages=_convnext_after, weights=_tv_weights("convnext_tiny")),
 ]:
     register(_entry)
 

@@ -106,17 +106,21 @@ class Classifier(nn.Module):
     logits. A frozen body stays in eval mode (its batch-norm statistics and dropout
     are part of what was pretrained), so its outputs are deterministic and cacheable.
     ``frozen_parts`` (modules inside a training body, its first stages) are frozen and
-    kept in eval mode the same way.
+    kept in eval mode the same way. ``split``, when set, is the body cut after those stages:
+    (first, rest) with ``body(x) == rest(first(x))``, so that the frozen part's outputs can be
+    cached and ``rest`` trained on them (``TrainConfig.cache_frozen``).
     """
 
     def __init__(self, body: nn.Module, head: nn.Module, frozen: bool,
-                 frozen_parts: tuple[nn.Module, ...] = ()) -> None:
+                 frozen_parts: tuple[nn.Module, ...] = (),
+                 split: tuple[nn.Module, nn.Module] | None = None) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.frozen = frozen
-        # A tuple, not a ModuleList: they are already registered inside body, once.
+        # Tuples, not ModuleLists: these modules are already registered inside body, once.
         self.frozen_parts = tuple(frozen_parts)
+        self.split = split
         for part in self.frozen_modules:
             part.requires_grad_(False)
 
@@ -239,6 +243,21 @@ def truncated_body(backbone: str, net: nn.Module, cut: int) -> nn.Sequential:
     return nn.Sequential(*get_backbone(backbone).stages(net)[:cut], nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+def split_body(backbone: str, net: nn.Module, cut: int) -> tuple[nn.Sequential, nn.Sequential] | None:
+    """``net`` (a :func:`backbone_network`, its classifier layer replaced or not) cut after its first ``cut``
+    stages: (first, rest), sharing their modules with ``net``, with ``rest(first(x))`` equal to what the
+    network computes up to its classifier layer. None where the registry entry has no ``after_stages``.
+
+    A cut block runs as ``nn.Sequential`` calls it: EfficientNet-Lite's stochastic depth (a training-time
+    drop of residual branches) is off in ``rest``; in eval mode the outputs are the same.
+    """
+    b = get_backbone(backbone)
+    stages = b.stages(net)
+    if b.after_stages is None or not 1 <= cut < len(stages):
+        return None
+    return nn.Sequential(*stages[:cut]), nn.Sequential(*stages[cut:], b.after_stages(net))
+
+
 def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: int = 0) -> Classifier:
     """Build the network for ``spec``.
 
@@ -260,27 +279,31 @@ def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: 
         reinit_last_layers(body, reinit)
     head = make_head(in_features, spec.hidden, spec.num_classes, spec.dropout)
     early = tuple(b.stages(full)[: spec.frozen_stages]) if spec.frozen_stages and not s.frozen else ()
-    net = Classifier(body, head, frozen=s.frozen, frozen_parts=early)
+    split = split_body(b.name, full, spec.frozen_stages) if early else None
+    net = Classifier(body, head, frozen=s.frozen, frozen_parts=early, split=split)
     log.info("built %s/%s: %d features -> %d classes, %d trainable parameters",
              b.name, s.name, in_features, spec.num_classes,
              sum(p.numel() for p in net.parameters() if p.requires_grad))
     return net
 
 
-def param_groups(net: Classifier, strategy: str, lr: float, weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups: the head at ``lr``, a trainable body at ``lr * body_lr_mult``.
+def param_groups(net: Classifier, strategy: str, lr: float, weight_decay: float,
+                 body_lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups: the head at ``lr``, a trainable body at ``body_lr`` (None: ``lr *
+    body_lr_mult``; a frozen strategy's body never trains).
 
     Biases and normalisation weights get no weight decay, as in torchvision's references.
     """
     s = get_strategy(strategy)
     groups = []
-    for part, mult in ((net.head, 1.0), (net.body, s.body_lr_mult)):
+    body = 0.0 if s.body_lr_mult == 0 else (lr * s.body_lr_mult if body_lr is None else body_lr)
+    for part, part_lr in ((net.head, lr), (net.body, body)):
         params = [p for p in part.parameters() if p.requires_grad]
-        if not params or mult == 0:
+        if not params or part_lr == 0:
             continue
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups.append({"params": decay, "lr": lr * mult, "weight_decay": weight_decay})
+        groups.append({"params": decay, "lr": part_lr, "weight_decay": weight_decay})
         if no_decay:
-            groups.append({"params": no_decay, "lr": lr * mult, "weight_decay": 0.0})
+            groups.append({"params": no_decay, "lr": part_lr, "weight_decay": 0.0})
     return groups

@@ -246,6 +246,7 @@ class Session:
         self.model_unloaded = False  # the budget unloaded ``model``; ``model_dir`` still names its files
         self.similarity: Any = "unset"  # the advisor's measurement of ``report``: SimilarityStats, None or "unset"
         self.example_paths: list[Path] = []
+        self.backbone: str | None = None  # the Train tab's backbone as last changed (None: the app's default)
         self.run: TrainingRun | None = None  # the current (or last) training run
         self.stop_answered: TrainingRun | None = None  # the run whose Stop has been answered (once)
         self.stopped_at = float("-inf")  # monotonic time of the last Stop: a Train queued before it never starts

@@ -58,9 +58,10 @@ class PresetValues(NamedTuple):
     preset_md: str
 
 
-def device_preset(config: AppConfig, name: str | None) -> Preset:
-    """The preset ``name`` as it runs on the app's device (a GPU's bigger images and more epochs)."""
-    return get_preset(name).on(config.device.type)
+def device_preset(config: AppConfig, name: str | None, backbone: str | None = None) -> Preset:
+    """The preset ``name`` as it trains ``backbone`` (None: its own) on the app's device (a GPU's bigger images
+    and more epochs)."""
+    return get_preset(name).for_backbone(backbone).on(config.device.type)
 
 
 def preset_markdown(config: AppConfig, name: str | None, num_images: int | None = None) -> str:
@@ -71,7 +72,7 @@ def preset_markdown(config: AppConfig, name: str | None, num_images: int | None 
     if STRATEGIES[p.strategy].frozen:
         bits.append(f"{p.cache_views} cached view{'s' * (p.cache_views != 1)} per image")
     elif p.strategy == "finetune":
-        bits.append(f"{d['frozen_stages']} frozen stages")
+        bits.append(f"{d['frozen_stages']} frozen stages" + (" (computed once per image)" if p.cache_frozen else ""))
     bits += [f"label smoothing {p.label_smoothing:g}", f"learning rate: {d['lr']}",
              f"images per class: {d['max_per_class']}"]
     n = num_images or REFERENCE_IMAGES
@@ -82,14 +83,24 @@ def preset_markdown(config: AppConfig, name: str | None, num_images: int | None 
             "scaled by images and cores, longer when the machine is busy)." if seconds is not None else
             f"On {config.device.name}: {p.name} uses bigger images and more epochs than on a CPU (time is cheap "
             "there); its time on a GPU is not measured.")
-    return f"**{p.name}**: {escape(' · '.join(map(str, bits)))}.\n\n{when}"
+    other = device_preset(config, name, "another") if p.elsewhere else None
+    elsewhere = (f" With another backbone: {other.strategy}, {other.epochs} epochs." if other is not None else "")
+    return f"**{p.name}**: {escape(' · '.join(map(str, bits)))}.{elsewhere}\n\n{when}"
+
+
+def _cost_class(strategy: str, preset: Preset) -> str:
+    """"frozen" (features once, cheap epochs), "cached" (a finetune on its frozen stages' cached outputs, as the
+    preset runs it) or "trained" (every epoch through the body)."""
+    if STRATEGIES[strategy].frozen:
+        return "frozen"
+    return "cached" if preset.cache_frozen and strategy == preset.strategy else "trained"
 
 
 def _follows_advice(advice: str, preset: Preset) -> bool:
-    """The advisor's pick replaces the preset's strategy only within its cost class (a frozen body for a frozen
-    body): the preset's epochs and image size are sized for its own (a finetune run with quick's 15 epochs
-    would take an hour on a CPU)."""
-    return STRATEGIES[advice].frozen == STRATEGIES[preset.strategy].frozen
+    """The advisor's pick replaces the preset's strategy only within its cost class (see :func:`_cost_class`):
+    the preset's epochs and image size are sized for its own (a finetune run through the images with 15
+    epochs would take an hour on a CPU; a head with 5 would stop short)."""
+    return _cost_class(advice, preset) == _cost_class(preset.strategy, preset)
 
 
 def train_update(progress: Any = KEEP, status: Any = KEEP, loss: Any = KEEP, acc: Any = KEEP,
@@ -120,7 +131,7 @@ def on_recommend(session: Session, max_per_class: float | None, preset: str | No
         return RecValues(skip(), skip(), skip(),
                          f"The advisor could not measure your images ({e}); choose a strategy yourself.", preset_md)
     session.similarity = rec.measurement  # None: nothing could be measured; not measured again
-    chosen = device_preset(session.config, preset)
+    chosen = device_preset(session.config, preset, session.backbone or session.config.defaults.backbone)
     if not _follows_advice(rec.strategy, chosen):
         return RecValues(skip(), skip(), skip(),
                          f"**Recommended: {rec.strategy}.** {md_text(rec.reason)} The preset *{chosen.name}* keeps "
@@ -167,7 +178,17 @@ def weights_note(config: AppConfig, name: str, pretrained: bool) -> str:
 
 
 def on_backbone(session: Session, name: str, pretrained: bool) -> str:
+    """The weights note; remembers the backbone (the advisor's pick depends on the preset's recipe for it)."""
+    session.backbone = name if isinstance(name, str) else None
     return weights_note(session.config, name, pretrained)
+
+
+def on_pick_backbone(session: Session, name: str, preset: str | None = DEFAULT_PRESET) -> tuple:
+    """A backbone the person picked: the preset's strategy (and its text), epochs and learning rate for it (a
+    preset's recipe is sized for its own backbone; another one gets the preset's settings for other backbones)."""
+    p = device_preset(session.config, preset, name)
+    return p.strategy, views.strategy_markdown(p.strategy), p.epochs, views.strategy_lr(p.strategy,
+                                                                                      _fixed_lr(session.config, p))
 
 
 # --- handlers: a training run ---------------------------------------------------------------------
@@ -192,7 +213,7 @@ def start_run(session: Session, backbone: str, strategy_name: str, epochs: float
         raise fail("A training run is already going on in this session: wait for it or press Stop.")
     report = cap_per_class(session.report, int(max_per_class or 0))
     check_trainable(report)
-    chosen = device_preset(session.config, preset)
+    chosen = device_preset(session.config, preset, backbone)
     config = chosen.train_config(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), augment=bool(augment))
     config.validate()
     settings = dict(backbone=backbone, strategy=strategy_name, weights="imagenet" if pretrained else None,
@@ -374,7 +395,7 @@ def _presets(config: AppConfig) -> tuple:
 def _choices(config: AppConfig) -> tuple:
     """The network and strategy column."""
     d = config.defaults
-    p = device_preset(config, d.preset)
+    p = device_preset(config, d.preset, d.backbone)
     backbone = gr.Dropdown(_backbone_choices(d.backbone), value=d.backbone, label="Pretrained network (backbone)",
                            elem_id="backbone")
     backbone_note = gr.Markdown(weights_note(config, d.backbone, d.weights != "none"), elem_id="backbone-note")
@@ -387,7 +408,7 @@ def _choices(config: AppConfig) -> tuple:
 def _settings(config: AppConfig) -> tuple:
     """The settings column: epochs, image size, learning rate, batch size, images per class, augment, weights."""
     d = config.defaults
-    p = device_preset(config, d.preset)
+    p = device_preset(config, d.preset, d.backbone)
     with gr.Accordion("Settings", open=True):
         epochs = gr.Slider(1, EPOCHS_MAX, value=d.epochs or p.epochs, step=1, label="Epochs", elem_id="epochs")
         image_size = gr.Slider(32, 512, value=d.image_size or p.image_size, step=16, label="Image size (pixels)",
@@ -440,3 +461,6 @@ def wire(tab: TrainTab, session: gr.State) -> None:
     tab.strategy.change(on_strategy, [session, tab.strategy], [tab.strategy_md, tab.lr], queue=False, **PRIVATE)
     gr.on([tab.backbone.change, tab.pretrained.change], on_backbone, [session, tab.backbone, tab.pretrained],
           [tab.backbone_note], queue=False, **PRIVATE)
+    # Only a backbone the person picks (not one a preset sets): it gets the preset's settings for it.
+    tab.backbone.input(on_pick_backbone, [session, tab.backbone, tab.preset],
+                       [tab.strategy, tab.strategy_md, tab.epochs, tab.lr], queue=False, **PRIVATE)
