@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import spaces
+import torch
 from huggingface_hub import HfApi, constants
 
 import xfer
@@ -20,6 +21,7 @@ from hub_server import HubServer
 from xfer.allocation import (
     GpuRates,
     Part,
+    cached_share,
     inference_seconds,
     part_estimate,
     plan_parts,
@@ -34,6 +36,7 @@ from xfer.engine import (
     save_fit_state,
 )
 from xfer.errors import ConfigError
+from xfer.nets.strategies import backbone_network, make_spec
 from xfer.run import Done, Failed, TrainingRun
 from xfer.studio import build_demo, zerogpu
 from xfer.studio.errors import ui_errors  # noqa: F401  (the handlers below raise gr.Error through it)
@@ -86,6 +89,44 @@ def test_a_long_run_is_split_into_even_parts_under_the_cap() -> None:
         plan_parts(1, 10_000, 2_000, "finetune", rates=r, cap_s=120)
 
 
+def test_a_cached_finetune_is_priced_as_its_cached_pass_plus_the_trained_stages() -> None:
+    quick = make_spec("efficientnet_lite0", "finetune", 5, frozen_stages=7)
+    assert cached_share(quick, True) == pytest.approx(2 / 9)  # Lite0's last 2 of 9 stages train
+    assert cached_share(quick, False) is None  # cache_frozen off: the images go through every epoch
+    assert cached_share(make_spec("efficientnet_lite0", "finetune", 5, frozen_stages=0), True) is None
+    assert cached_share(make_spec("efficientnet_lite0", "head", 5), True) is None  # a frozen body: features
+    r = GpuRates(train_s=0.01, eval_s=0.005, head_s=0.0, overhead_s=30, margin=1.5, min_s=20)
+    # the frozen stages once per allocation (2 views per training image), then a quarter of each epoch's cost
+    assert part_estimate(4, 1000, 200, "finetune", 224, views=2, rates=r, cached=0.25) == pytest.approx(
+        (2000 + 200) * 0.005 + 4 * 11 * 0.25)
+    # A run of 2,000 images for 10 epochs: several allocations at the whole body's price, one when cached.
+    whole = plan_parts(10, 1500, 500, "finetune", 224, rates=r, cap_s=120)
+    cached = plan_parts(10, 1500, 500, "finetune", 224, rates=r, cap_s=120, cached=cached_share(quick, True))
+    assert len(whole) > len(cached) == 1 and cached[0].seconds < 120
+
+
+def test_the_train_tab_plans_zerogpu_parts_for_the_cached_quick_preset(colors: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from xfer.data import scan_folder
+    from xfer.studio.tabs import train as train_tab
+
+    planned = []
+    monkeypatch.setattr(zerogpu, "enabled", lambda: True)
+    # The job itself runs under the real `spaces` wrapper in test_the_real_spaces_wrapper_forks_pickles_and_stops.
+    monkeypatch.setattr(zerogpu, "training_job", lambda report, settings, parts, work: planned.append(parts)
+                        or (lambda callback=None, cancel=None: None))
+    monkeypatch.setattr(train_tab, "plan_parts", lambda *a, **kw: planned.append(kw["cached"]) or [Part(1, 5, 60)])
+    session = Session(AppConfig(CPU))
+    session.report = scan_folder(colors)
+    args = (5, 1e-3, 4, 32, True, False, 0)
+    run, _ = train_tab.start_run(session, "efficientnet_lite0", "finetune", *args, preset="quick")
+    run.wait()
+    assert planned[0] == pytest.approx(2 / 9) and planned[1] == [Part(1, 5, 60)]
+    run, _ = train_tab.start_run(session, "resnet18", "head", *args, preset="quick")
+    run.wait()
+    assert planned[2] is None  # quick on another backbone trains a head: nothing cached
+
+
 # --- training in parts: the state carried ----------------------------------------------------------------
 
 
@@ -116,6 +157,22 @@ def test_a_frozen_body_trains_in_parts_too(colors: Path) -> None:
     state = train_part(str(colors), resume=None, stop_after=1, config=config, device=CPU, **kw)
     model = train_part(str(colors), resume=state, stop_after=2, config=config, device=CPU, **kw)
     assert [h["epoch"] for h in model.history] == [1, 2]
+
+
+def test_a_cached_finetune_trains_in_parts_its_frozen_stages_unchanged(colors: Path) -> None:
+    # quick's recipe on Lite0 (its packaged weights, tiny images): each part computes the frozen stages' maps again.
+    config = TrainConfig(epochs=2, batch_size=4, cache_frozen=True)
+    kw = dict(backbone="efficientnet_lite0", strategy="finetune", weights="imagenet", image_size=32, frozen_stages=7)
+    state = train_part(str(colors), resume=None, stop_after=1, config=config, device=CPU, **kw)
+    model = train_part(str(colors), resume=state, stop_after=2, config=config, device=CPU, **kw)
+    assert [h["epoch"] for h in model.history] == [1, 2]
+    imagenet = backbone_network("efficientnet_lite0", "imagenet").state_dict()
+    first, _ = model.net.split
+    in_first = {id(t) for t in [*first.parameters(), *first.buffers()]}
+    body = dict(model.net.body.named_parameters()) | dict(model.net.body.named_buffers())
+    changed = {name for name, t in body.items() if not torch.equal(t, imagenet[name])}
+    assert changed, "the last stages trained"
+    assert not {name for name in changed if id(body[name]) in in_first}, "the cached stages stayed as loaded"
 
 
 def test_training_job_off_zerogpu_runs_the_parts_in_process(colors: Path, tmp_path: Path) -> None:

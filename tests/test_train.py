@@ -52,6 +52,18 @@ def test_round_trip_gives_identical_predictions(colors, tmp_path):
     assert xfer.predict(model, images) == xfer.predict(loaded, images)
 
 
+def test_the_seed_makes_a_run_reproducible_in_one_process(colors):
+    # The new layers are initialised from the seed, not from whatever the process drew before the run.
+    config = lambda seed: TrainConfig(epochs=1, batch_size=8, seed=seed)  # noqa: E731
+    a = _train(colors, strategy="finetune", config=config(0))
+    torch.rand(100)  # anything else that draws from the global generator in between
+    b = _train(colors, strategy="finetune", config=config(0))
+    c = _train(colors, strategy="finetune", config=config(1))
+    sa, sb, sc = (m.net.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
 @pytest.mark.parametrize("strategy", ["truncate", "finetune", "scratch"])
 def test_every_strategy_trains_saves_and_loads(colors, tmp_path, strategy):
     model = _train(colors, strategy=strategy, config=TrainConfig(epochs=1, batch_size=8, seed=0),

@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .nets.strategies import get_strategy
+from .nets.registry import get_backbone
+from .nets.strategies import NetworkSpec, get_strategy, has_split
 
 
 @dataclass(frozen=True)
@@ -64,22 +65,37 @@ def _ask(estimate: float, rates: GpuRates, cap_s: int) -> int:
     return int(min(cap_s, max(rates.min_s, math.ceil(rates.overhead_s + rates.margin * estimate))))
 
 
+def cached_share(spec: NetworkSpec, cache_frozen: bool) -> float | None:
+    """The share of a trained body's stages that train on cached maps (``TrainConfig.cache_frozen``), or None
+    where the run trains on images. By stage count: the frozen first stages, at the highest resolutions, hold
+    more than their share of the compute, so this overstates the rest's (Lite0's 2 of 9 stages: 0.22, where
+    their step measured about 0.1 of the whole body's on the CPU)."""
+    if not (cache_frozen and has_split(spec)):
+        return None
+    n = get_backbone(spec.backbone).num_stages
+    return (n - spec.frozen_stages) / n
+
+
 def part_estimate(epochs: int, n_train: int, n_val: int, strategy: str, image_size: int = 224, views: int = 1,
-                  rates: GpuRates = DEFAULT_RATES) -> float:
+                  rates: GpuRates = DEFAULT_RATES, cached: float | None = None) -> float:
     """Estimated GPU seconds (before overhead and margin) of ``epochs`` epochs in one allocation.
 
     A frozen body's features are computed once per allocation (``views`` per training image), then
     the head's epochs are nearly free; a trained body costs a training step per image and a
-    validation pass per epoch.
+    validation pass per epoch. ``cached`` (:func:`cached_share`): the trained body's frozen stages run once
+    per allocation, as a frozen body does, and each epoch costs that share of a whole body's.
     """
     a = _area(image_size)
+    once = (views * n_train + n_val) * rates.eval_s * a
     if get_strategy(strategy).frozen:
-        return (views * n_train + n_val) * rates.eval_s * a + epochs * (n_train + n_val) * rates.head_s
-    return epochs * (n_train * rates.train_s + n_val * rates.eval_s) * a
+        return once + epochs * (n_train + n_val) * rates.head_s
+    epoch = (n_train * rates.train_s + n_val * rates.eval_s) * a
+    return epochs * epoch if cached is None else once + epochs * epoch * cached
 
 
 def plan_parts(epochs: int, n_train: int, n_val: int, strategy: str, image_size: int = 224, views: int = 1,
-               rates: GpuRates = DEFAULT_RATES, cap_s: int = MAX_ALLOCATION_S) -> list[Part]:
+               rates: GpuRates = DEFAULT_RATES, cap_s: int = MAX_ALLOCATION_S,
+               cached: float | None = None) -> list[Part]:
     """Split ``epochs`` into as few allocations as fit under ``cap_s``, as even as possible.
 
     Raises :class:`~xfer.ConfigError` when even one epoch does not fit one allocation (say what to
@@ -88,19 +104,19 @@ def plan_parts(epochs: int, n_train: int, n_val: int, strategy: str, image_size:
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}.")
     budget = (cap_s - rates.overhead_s) / rates.margin  # estimate seconds one allocation holds
-    one = part_estimate(1, n_train, n_val, strategy, image_size, views, rates)
+    one = part_estimate(1, n_train, n_val, strategy, image_size, views, rates, cached)
     if one > budget:
         raise ConfigError(
             f"One epoch on {n_train + n_val} images needs about {rates.overhead_s + rates.margin * one:.0f} s of GPU, "
             f"more than one ZeroGPU allocation ({cap_s} s): use fewer images per class or a smaller image size.")
     per = epochs
-    while per > 1 and part_estimate(per, n_train, n_val, strategy, image_size, views, rates) > budget:
+    while per > 1 and part_estimate(per, n_train, n_val, strategy, image_size, views, rates, cached) > budget:
         per -= 1
     count = math.ceil(epochs / per)
     sizes = [epochs // count + (1 if i < epochs % count else 0) for i in range(count)]
     parts, first = [], 1
     for size in sizes:
-        est = part_estimate(size, n_train, n_val, strategy, image_size, views, rates)
+        est = part_estimate(size, n_train, n_val, strategy, image_size, views, rates, cached)
         parts.append(Part(first, first + size - 1, _ask(est, rates, cap_s)))
         first += size
     return parts

@@ -122,7 +122,7 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
            callback: Callback | None = None, cancel: CancelFlag | None = None, resume: FitState | None = None,
            stop_after: int | None = None, preset: str | None = DEFAULT_PRESET) -> XferModel | FitState:
     from .advisor import recommend
-    from .engine import TrainConfig, fit
+    from .engine import TrainConfig, fit, seed_everything
     from .evaluation import metrics_from_predictions
     from .model import save_model
     from .nets.strategies import STRATEGIES, build_network, make_spec
@@ -153,6 +153,9 @@ def _train(data: str | os.PathLike | DatasetReport, *, backbone: str | None = No
     if frozen_stages is None and chosen:
         frozen_stages = chosen.frozen_for(strategy, backbone)
     spec = make_spec(backbone, strategy, len(report.classes), cut=cut, frozen_stages=frozen_stages)
+    # The new layers' initial weights come from the seed too: the same settings train the same model, however
+    # many runs this process made before (each process of a distributed run builds the same network).
+    seed_everything(config.seed)
     # A resumed part gets every weight from its state: loading ImageNet's first would only cost time.
     net = build_network(spec, weights=None if resume is not None else weights,
                         reinit=reinit if strategy == "finetune" and resume is None else 0)

@@ -258,6 +258,14 @@ def split_body(backbone: str, net: nn.Module, cut: int) -> tuple[nn.Sequential, 
     return nn.Sequential(*stages[:cut]), nn.Sequential(*stages[cut:], b.after_stages(net))
 
 
+def has_split(spec: NetworkSpec) -> bool:
+    """Whether :func:`build_network` gives this spec's network a ``split`` (its body cut after the frozen
+    stages, what ``TrainConfig.cache_frozen`` caches): a trained body with frozen first stages, of a backbone
+    whose registry entry says what follows its stages."""
+    return (bool(spec.frozen_stages) and not get_strategy(spec.strategy).frozen
+            and get_backbone(spec.backbone).after_stages is not None)
+
+
 def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: int = 0) -> Classifier:
     """Build the network for ``spec``.
 
@@ -279,7 +287,7 @@ def build_network(spec: NetworkSpec, weights: str | Path | None = None, reinit: 
         reinit_last_layers(body, reinit)
     head = make_head(in_features, spec.hidden, spec.num_classes, spec.dropout)
     early = tuple(b.stages(full)[: spec.frozen_stages]) if spec.frozen_stages and not s.frozen else ()
-    split = split_body(b.name, full, spec.frozen_stages) if early else None
+    split = split_body(b.name, full, spec.frozen_stages) if has_split(spec) else None
     net = Classifier(body, head, frozen=s.frozen, frozen_parts=early, split=split)
     log.info("built %s/%s: %d features -> %d classes, %d trainable parameters",
              b.name, s.name, in_features, spec.num_classes,

@@ -13,14 +13,14 @@ import gradio as gr
 import torch
 
 from ...advisor import recommend
-from ...allocation import plan_parts
+from ...allocation import cached_share, plan_parts
 from ...api import train
 from ...data import DatasetReport, check_trainable, split_dataset
 from ...engine import EpochStats, Progress
 from ...errors import XferError
 from ...model import XferModel, save_model
 from ...nets.registry import get_backbone, list_backbones, pretrained_available
-from ...nets.strategies import STRATEGIES
+from ...nets.strategies import STRATEGIES, make_spec
 from ...presets import DEFAULT_PRESET, PRESETS, REFERENCE_CORES, REFERENCE_IMAGES, Preset, get_preset
 from ...run import Done, Failed, TrainingRun
 from .. import views, zerogpu
@@ -220,8 +220,10 @@ def start_run(session: Session, backbone: str, strategy_name: str, epochs: float
                     image_size=int(image_size), config=config, preset=chosen.name)
     if zerogpu.enabled():  # one GPU allocation per part of whole epochs (xfer.allocation)
         n_train, n_val = (len(s) for s in split_dataset(report, 0.2, seed=config.seed))
+        spec = make_spec(backbone, strategy_name, len(report.classes),
+                         frozen_stages=chosen.frozen_for(strategy_name, backbone))
         parts = plan_parts(config.epochs, n_train, n_val, strategy_name, int(image_size),
-                           config.cache_views if config.augment else 1)
+                           config.cache_views if config.augment else 1, cached=cached_share(spec, config.cache_frozen))
         job = zerogpu.training_job(report, settings, parts, session.new_dir("zerogpu"))
     else:
         job = functools.partial(train, report, device=session.config.device, **settings)
