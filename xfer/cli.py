@@ -292,7 +292,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from .presets import presets_table
 
     print(presets_table())
-    print("\nExplicit options of `train` override these. On a GPU the last column's settings replace the others.")
+    print("\nExplicit options of `train` override these. On a GPU the \"on a GPU\" column's settings replace the "
+          "others; with a backbone other than the preset's, the \"another backbone\" column's do (then the GPU's).")
     return 0
 
 

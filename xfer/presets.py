@@ -122,20 +122,21 @@ PRESETS: dict[str, Preset] = {
     # Chosen on repeated validation splits outside the test split (bench/results/tail-recipes.md): +2.6 points
     # over the frozen body's head that quick was until the ninth session, which no head recipe came near
     # (bench/results/head-recipes.md). Another backbone gets that head recipe: this one is sized for Lite0.
-    # 1.1 min: the head recipe's 0.7 times 1.61, the two `xfer train` runs' fit times side by side (README).
+    # 2.0 min, best's 12.1: the whole `xfer train --data flowers` commands side by side on 2 cores (tenth session,
+    # bench/results/quick-cli.md).
     "quick": Preset(
         "quick", "the best recipe that trains in about 2 minutes on 2 CPU cores (3,130 photos)",
         backbone="efficientnet_lite0", strategy="finetune", epochs=5, image_size=224, cache_views=1,
-        label_smoothing=0.1, frozen_stages=7, lr=1e-3, body_lr=1e-3, max_per_class=None, cpu_minutes=1.1,
+        label_smoothing=0.1, frozen_stages=7, lr=1e-3, body_lr=1e-3, max_per_class=None, cpu_minutes=2.0,
         cache_frozen=True, gpu={"image_size": 256, "epochs": 10, "cache_views": 5},
         elsewhere={"strategy": "head", "epochs": 15, "frozen_stages": None, "cache_frozen": False, "body_lr": None,
                    "gpu": {"image_size": 256, "epochs": 30, "cache_views": 5}}),
-    # finetune at 256 px, 4 epochs, stem and stages 1-4 frozen: 6.1 min wall / 10.9 CPU min on 2 cores
-    # (bench/results/finetune-sweep.md, fifth session).
+    # finetune at 256 px, 4 epochs, stem and stages 1-4 frozen (bench/results/finetune-sweep.md, fifth session):
+    # 12.1 min for the whole command beside quick's 2.0 (see quick).
     "best": Preset(
         "best", "the most accurate recipe within 15 minutes on 2 CPU cores (3,130 photos)",
         backbone="efficientnet_lite0", strategy="finetune", epochs=4, image_size=256, cache_views=1,
-        label_smoothing=0.1, frozen_stages=5, lr=None, body_lr=None, max_per_class=None, cpu_minutes=6.1,
+        label_smoothing=0.1, frozen_stages=5, lr=None, body_lr=None, max_per_class=None, cpu_minutes=12.1,
         gpu={"image_size": 320, "epochs": 10, "frozen_stages": None}),
 }
 DEFAULT_PRESET = "quick"
