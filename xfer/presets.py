@@ -61,7 +61,11 @@ class Preset:
         """This preset as it trains ``backbone`` (None: its own): its ``elsewhere`` settings for another one."""
         if backbone is None or self.backbone is None or backbone == self.backbone or not self.elsewhere:
             return self
-        return dataclasses.replace(self, backbone=backbone, elsewhere={}, **self.elsewhere)
+        return dataclasses.replace(self.elsewhere_preset(), backbone=backbone)
+
+    def elsewhere_preset(self) -> "Preset":
+        """This preset as it trains a backbone other than its own (its ``elsewhere`` settings; backbone None)."""
+        return dataclasses.replace(self, backbone=None, elsewhere={}, **self.elsewhere)
 
     def train_config(self, **given: Any) -> "TrainConfig":
         """The preset's :class:`TrainConfig`; ``given`` settings that are not None replace its own."""

@@ -83,7 +83,7 @@ def preset_markdown(config: AppConfig, name: str | None, num_images: int | None 
             "scaled by images and cores, longer when the machine is busy)." if seconds is not None else
             f"On {config.device.name}: {p.name} uses bigger images and more epochs than on a CPU (time is cheap "
             "there); its time on a GPU is not measured.")
-    other = device_preset(config, name, "another") if p.elsewhere else None
+    other = get_preset(name).elsewhere_preset().on(config.device.type) if p.elsewhere else None
     elsewhere = (f" With another backbone: {other.strategy}, {other.epochs} epochs." if other is not None else "")
     return f"**{p.name}**: {escape(' · '.join(map(str, bits)))}.{elsewhere}\n\n{when}"
 
