@@ -16,6 +16,10 @@ The protocol (so that the figures cannot fool themselves):
     python bench/accuracy.py --only head --seeds 0,1,2 --out bench/results/accuracy.md
     python bench/accuracy.py --only finetune --set finetune.epochs=4 --set finetune.frozen_stages=5
     python bench/accuracy.py --only head --backbone efficientnet_lite2 --set head.size=260
+    python bench/accuracy.py --only finetune --choose --set finetune.size=224   # validation only: to choose
+
+``--choose`` never evaluates the test photos (the test column says "not evaluated"): candidates are compared
+on their validation accuracy over seeds, and only the chosen one is then run without it.
 
 The seed tutorial's recipe (VGG-16 with classifier[6] replaced, SGD lr 0.001, 2 epochs,
 inputs only scaled to [0, 1]) is run for comparison when VGG-16's ImageNet weights
@@ -122,7 +126,7 @@ def measure(name: str, strategy: str, image_size: int, config: TrainConfig, run)
     row = Row(name, strategy, image_size, config.epochs, frozen, config.seed, test_acc, evaluation.accuracy,
               history[-1]["val_accuracy"], best_epoch, {c: m["recall"] for c, m in evaluation.per_class.items()},
               wall, cpu, (load0, os.getloadavg()[0]))
-    test = "n/a" if test_acc is None else f"{test_acc:.1%}"
+    test = "not evaluated" if test_acc is None else f"{test_acc:.1%}"
     print(f"  {name} seed {config.seed}: test acc {test}, val acc {row.accuracy:.1%} (last epoch "
           f"{row.last_accuracy:.1%}), {wall:.0f}s wall, {cpu:.0f}s CPU, load {row.load[0]:.1f}->{row.load[1]:.1f}",
           file=sys.stderr, flush=True)
@@ -131,11 +135,12 @@ def measure(name: str, strategy: str, image_size: int, config: TrainConfig, run)
 
 def run_lite(report: DatasetReport, test_items, strategy: str, image_size: int, config: TrainConfig, device,
              frozen_stages: int | None = None, backbone: str = BACKBONE, name: str | None = None) -> Row:
+    """One run trained on ``report``; ``test_items`` None: the test photos are not evaluated (``--choose``)."""
     def run():
         model = xfer.train(report, backbone=backbone, strategy=strategy, weights="imagenet",
                            image_size=image_size, val_fraction=VAL_FRACTION, config=config, device=device,
                            frozen_stages=frozen_stages)
-        test = xfer.evaluate(model, test_items, device=device).accuracy
+        test = None if test_items is None else xfer.evaluate(model, test_items, device=device).accuracy
         return model.evaluation, model.history, model.training["best_epoch"], model.spec.frozen_stages, test
 
     label = f"{backbone} {strategy}" + (f" ({name}: frozen stages cached)" if config.cache_frozen else "")
@@ -188,7 +193,7 @@ def summary_table(rows: list[Row]) -> str:
         tests = [r.test_accuracy for r in ran if r.test_accuracy is not None]
         lines.append("| " + " | ".join([
             name, str(ran[0].image_size), str(ran[0].epochs), str(ran[0].frozen_stages),
-            _spread(tests) or "n/a", f"{statistics.fmean(r.accuracy for r in ran):.1%}",
+            _spread(tests) or "not evaluated", f"{statistics.fmean(r.accuracy for r in ran):.1%}",
             f"{statistics.fmean(r.wall for r in ran) / 60:.1f} min",
             f"{statistics.fmean(r.cpu for r in ran) / 60:.1f} min"]) + " |")
     return "\n".join(lines)
@@ -204,7 +209,7 @@ def table(rows: list[Row], classes: list[str]) -> str:
             continue
         lines.append("| " + " | ".join([
             r.name, str(r.seed), str(r.image_size), str(r.epochs), str(r.frozen_stages),
-            "n/a" if r.test_accuracy is None else f"**{r.test_accuracy:.1%}**",
+            "not evaluated" if r.test_accuracy is None else f"**{r.test_accuracy:.1%}**",
             f"{r.accuracy:.1%} (ep {r.best_epoch})", f"{r.last_accuracy:.1%}",
             *[f"{r.recall.get(c, 0):.0%}" for c in classes],
             f"{r.wall / 60:.1f} min", f"{r.cpu / 60:.1f} min", f"{r.load[0]:.1f}→{r.load[1]:.1f}"]) + " |")
@@ -224,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="STRATEGY.FIELD=VALUE",
                    help="override a run's setting, e.g. finetune.size=192, finetune.lr=3e-3 or "
                         "finetune.frozen_stages=0 (repeatable)")
+    p.add_argument("--choose", action="store_true",
+                   help="validation only: the test photos are set aside but never evaluated (for choosing recipes)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -248,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [s for s in plan if s in only]:
         size, config, frozen = plan[name]
         for seed in seeds:
-            rows.append(run_lite(rest, test_items, STRATEGY.get(name, name), size, replace(config, seed=seed), device,
-                                 frozen, args.backbone, name))
+            rows.append(run_lite(rest, None if args.choose else test_items, STRATEGY.get(name, name), size,
+                                 replace(config, seed=seed), device, frozen, args.backbone, name))
             if args.out:  # partial results survive an interrupted run
                 write_text(args.out, render(False))
     if "tutorial" in only:
@@ -288,7 +295,8 @@ def markdown(args, argv, report, test_items, train_items, val_items, seeds, rows
         f"`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"),
         "",
         f"{report.num_images} images; a test split of {len(test_items)} (stratified {args.test_fraction:.0%}, seed "
-        f"{TEST_SEED}, identical and near-duplicate copies kept on one side) used for nothing but the test column; "
+        f"{TEST_SEED}, identical and near-duplicate copies kept on one side) used for nothing but the test column"
+        f"{' (not evaluated in this run: --choose)' if args.choose else ''}; "
         f"each run trains on {len(train_items)} and picks its epoch on {len(val_items)} validation images carved "
         f"from the rest (seeds {', '.join(map(str, seeds))}); backbone {args.backbone} with its packaged ImageNet "
         f"weights (except scratch); torch {torch.__version__}, {torch.get_num_threads()} threads, "

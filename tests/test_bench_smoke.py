@@ -116,6 +116,18 @@ def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
     assert "used for nothing but the test column" in md
 
 
+def test_accuracy_bench_choose_mode_never_reports_the_test_split(tmp_path, flowers_dir):
+    out = tmp_path / "choose.md"
+    _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0", "--choose", "--out", str(out)],
+         XFER_FLOWERS_DIR=str(flowers_dir))
+    md = out.read_text()
+    rows = [line.split("|") for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | ")]
+    assert len(rows) == 2  # the summary line and the one run
+    assert rows[0][5].strip() == "not evaluated" and rows[1][6].strip() == "not evaluated", rows
+    assert "%" in rows[0][6]  # the validation accuracy that chooses is there
+    assert "not evaluated in this run: --choose" in md
+
+
 def _table_rows(md: str) -> list[list[str]]:
     """The cells of a markdown table's rows, header and rule left out."""
     return [line.split("|") for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
