@@ -62,14 +62,15 @@ SEED = 0
 # (strategy, image size, TrainConfig) per run; tuned on this data (see the README).
 # finetune also keeps its first FINETUNE_FROZEN stages frozen (the registry's default is 3).
 FULL = {
-    # The quick preset's recipe. One cached view: three were no better on repeated validation splits
+    # The quick preset's recipe until the ninth session (its recipe for other backbones since). One cached view: three were no better on repeated validation splits
     # (bench/head_recipes.py) and cost three body passes per image.
     "head": (224, TrainConfig(epochs=15, lr=1e-3, label_smoothing=0.1, cache_views=1, seed=SEED)),
     "truncate": (224, TrainConfig(epochs=20, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
     # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. With the stem and stages
     # 1-4 frozen (and their batch norms folded) a step costs 0.7 of one with stages 1-2 frozen (the default),
     # which pays for 256-px images within the 15 CPU minutes: 95.7% and 96.4% vs 94.5-95.5% at 224 px.
-    # All recipes measured: bench/results/finetune-sweep.md.
+    # All recipes measured: bench/results/finetune-sweep.md. The best preset's recipe until the eleventh session
+    # (on a GPU and with other backbones since).
     "finetune": (256, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     # The quick preset's recipe (ninth session): finetune with the stem and MBConv stages 1-6 frozen and their
@@ -77,17 +78,22 @@ FULL = {
     # (chosen on repeated validation splits outside the test split: bench/tail_recipes.py).
     "quick": (224, TrainConfig(epochs=5, lr=1e-3, body_lr=1e-3, label_smoothing=0.1, cache_views=1, cache_frozen=True,
                                seed=SEED)),
+    # The best preset's recipe (eleventh session): quick's at 256 px with stages 1-5 frozen and cached (6 frozen),
+    # 6 epochs; chosen with --choose among 4 recipes (bench/results/best-choice.md).
+    "best": (256, TrainConfig(epochs=6, lr=1e-3, body_lr=1e-3, label_smoothing=0.1, cache_views=1, cache_frozen=True,
+                              seed=SEED)),
 }
 FINETUNE_FROZEN = 5
 #: Runs whose name is not their strategy, and the frozen stages of each run that trains a body.
-STRATEGY = {"quick": "finetune"}
-FROZEN = {"finetune": FINETUNE_FROZEN, "quick": 7}
+STRATEGY = {"quick": "finetune", "best": "finetune"}
+FROZEN = {"finetune": FINETUNE_FROZEN, "quick": 7, "best": 6}
 QUICK = {
     "head": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
     "truncate": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
     "finetune": (128, TrainConfig(epochs=1, seed=SEED)),
     "scratch": (128, TrainConfig(epochs=1, seed=SEED)),
     "quick": (128, TrainConfig(epochs=1, cache_frozen=True, seed=SEED)),
+    "best": (128, TrainConfig(epochs=1, cache_frozen=True, seed=SEED)),
 }
 
 
@@ -219,9 +225,9 @@ def table(rows: list[Row], classes: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="40 images per class, tiny budgets, one seed (a smoke check)")
-    p.add_argument("--only", default="head,quick,truncate,finetune,scratch,tutorial",
-                   help="comma-separated runs (head,quick,truncate,finetune,scratch,tutorial; quick: the quick "
-                        "preset's cached finetune)")
+    p.add_argument("--only", default="head,quick,truncate,finetune,best,scratch,tutorial",
+                   help="comma-separated runs (head,quick,truncate,finetune,best,scratch,tutorial; quick and best: "
+                        "those presets' cached finetunes; finetune: the uncached one, best's on a GPU)")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--backbone", default=BACKBONE, help=f"backbone of every run (default {BACKBONE})")
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_runs(args) -> dict[str, tuple[int, TrainConfig, int | None]]:
     """(image size, TrainConfig, frozen stages) per strategy, with ``--set`` overrides applied."""
-    plan = {s: (size, config, FROZEN.get(s) if not args.quick or s == "quick" else None)
+    plan = {s: (size, config, FROZEN.get(s) if not args.quick or s in STRATEGY else None)
             for s, (size, config) in (QUICK if args.quick else FULL).items()}
     for item in args.set:
         key, _, value = item.partition("=")

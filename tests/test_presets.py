@@ -48,7 +48,14 @@ def test_the_table():
         "resnet18", "head", 15, False, None, None)
     assert quick.for_backbone("efficientnet_lite0") is quick and quick.for_backbone(None) is quick
     assert other.on("cuda").epochs == 30 and get_preset("best").for_backbone("resnet18").strategy == "finetune"
-    assert (best.strategy, best.image_size, best.epochs, best.frozen_stages) == ("finetune", 256, 4, 5)
+    assert (best.strategy, best.image_size, best.epochs, best.frozen_stages, best.cache_frozen) == (
+        "finetune", 256, 6, 6, True)
+    # best on a GPU or with another backbone: the uncached finetune, augmented images every epoch.
+    assert (best.on("cuda").cache_frozen, best.on("cuda").frozen_stages, best.on("cuda").lr) == (False, None, None)
+    best_other = best.for_backbone("resnet18")
+    assert (best_other.epochs, best_other.cache_frozen, best_other.frozen_stages, best_other.body_lr) == (
+        4, False, None, None)
+    assert best_other.on("cuda").image_size == 320
     assert quick.max_per_class is None and best.max_per_class is None  # every image
     with pytest.raises(xfer.ConfigError, match="Unknown preset 'fast': choose one of quick, best"):
         get_preset("fast")
@@ -59,9 +66,9 @@ def test_the_table():
     # Given settings replace the preset's; None means "not given".
     cfg = quick.train_config(epochs=2, lr=None, seed=3)
     assert (cfg.epochs, cfg.lr, cfg.seed, cfg.cache_views, cfg.label_smoothing) == (2, 1e-3, 3, 1, 0.1)
-    assert best.train_config(cache_views=2).cache_views == 2 and best.train_config().epochs == 4
+    assert best.train_config(cache_views=2).cache_views == 2 and best.train_config().epochs == 6
     # Frozen stages are the preset's for its own strategy and backbone only.
-    assert best.frozen_for("finetune", best.backbone) == 5 and best.frozen_for("finetune", "resnet18") is None
+    assert best.frozen_for("finetune", best.backbone) == 6 and best.frozen_for("finetune", "resnet18") is None
     assert quick.expected_seconds(3130) == pytest.approx(quick.cpu_minutes * 60)
     assert quick.expected_seconds(3130, cores=4) == pytest.approx(quick.cpu_minutes * 30)
     assert quick.expected_seconds(100, "cuda") is None
@@ -114,7 +121,7 @@ def test_cli_train_applies_the_preset_and_explicit_flags_override_it(tmp_path):
     assert "(overridden: --epochs 1, --image-size 32, --label-smoothing 0.0)" in r.stderr
     t = saved_training(tmp_path / "best")
     assert (t["preset"], t["epochs"], t["image_size"], t["label_smoothing"], t["frozen_stages"]) == (
-        "best", 1, 32, 0.0, 5)  # the flags, and the preset where no flag was given
+        "best", 1, 32, 0.0, 6)  # the flags, and the preset where no flag was given
     assert json.loads((tmp_path / "best" / "config.json").read_text())["xfer"]["strategy"] == "finetune"
 
 
@@ -170,13 +177,13 @@ def test_train_tab_shows_the_presets_with_their_expected_time():
     assert by_id["backbone"].value == quick.backbone and by_id["max-per-class"].value == 0
     assert studio.parse_args([]).default_preset == "quick"
     best = studio.build_demo(CPU, AppDefaults(preset="best"))
-    assert next(b for b in best.blocks.values() if getattr(b, "elem_id", None) == "epochs").value == 4
+    assert next(b for b in best.blocks.values() if getattr(b, "elem_id", None) == "epochs").value == 6
 
 
 def test_choosing_a_preset_sets_the_fields_and_on_train_uses_it(session, colors_zip):
     values = train.on_preset(session, "best")
-    assert (values.strategy, values.epochs, values.image_size, values.max_per_class) == ("finetune", 4, 256, 0)
-    assert values.backbone == "efficientnet_lite0" and values.lr == xfer.STRATEGIES["finetune"].lr
+    assert (values.strategy, values.epochs, values.image_size, values.max_per_class) == ("finetune", 6, 256, 0)
+    assert values.backbone == "efficientnet_lite0" and values.lr == get_preset("best").lr
     assert values.preset_md.startswith("**best**") and "about" in values.preset_md
     data.on_upload_zip(session, str(colors_zip))
     rec = train.on_recommend(session, 0, "quick")
@@ -196,7 +203,7 @@ def test_the_advisor_does_not_swap_the_presets_cost_class(session, colors_zip):
     # A small set: head or truncate, a frozen body, like quick's recipe for the session's resnet18.
     quick = train.on_recommend(session, 0, "quick")
     assert quick.strategy in ("head", "truncate") and "(pre-selected)" in quick.advisor
-    # quick's own backbone: its epochs are a cached finetune's (5); best's a finetune run's through the images.
+    # quick's and best's own backbone: their recipes are cached finetunes.
     train.on_backbone(session, "efficientnet_lite0", True)
     for name in ("quick", "best"):
         rec = train.on_recommend(session, 0, name)
@@ -205,7 +212,9 @@ def test_the_advisor_does_not_swap_the_presets_cost_class(session, colors_zip):
     assert train._follows_advice("finetune", quick) and not train._follows_advice("head", quick)
     other = quick.for_backbone("resnet18")  # a frozen body's head: the advisor's frozen picks replace it
     assert train._follows_advice("truncate", other) and not train._follows_advice("finetune", other)
-    assert train._follows_advice("scratch", best) and not train._follows_advice("head", best)
+    assert not train._follows_advice("scratch", best) and not train._follows_advice("head", best)
+    best_other = best.for_backbone("resnet18")  # a finetune through the images: scratch costs the same
+    assert train._follows_advice("scratch", best_other) and not train._follows_advice("head", best_other)
 
 
 def test_picking_another_backbone_in_the_app_gives_the_presets_settings_for_it(session):
@@ -213,5 +222,6 @@ def test_picking_another_backbone_in_the_app_gives_the_presets_settings_for_it(s
     assert (strategy, epochs, lr) == ("head", 15, xfer.STRATEGIES["head"].lr) and md
     strategy, _, epochs, lr = train.on_pick_backbone(session, "efficientnet_lite0", "quick")
     assert (strategy, epochs, lr) == ("finetune", 5, get_preset("quick").lr)
-    assert train.on_pick_backbone(session, "resnet18", "best")[:3:2] == ("finetune", 4)  # best has one recipe
+    assert train.on_pick_backbone(session, "resnet18", "best")[:3:2] == ("finetune", 4)  # the uncached finetune
+    assert "With another backbone: finetune, 4 epochs." in train.preset_markdown(session.config, "best")
     assert "With another backbone: head, 15 epochs." in train.preset_markdown(session.config, "quick")
