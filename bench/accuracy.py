@@ -69,8 +69,7 @@ FULL = {
     # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. With the stem and stages
     # 1-4 frozen (and their batch norms folded) a step costs 0.7 of one with stages 1-2 frozen (the default),
     # which pays for 256-px images within the 15 CPU minutes: 95.7% and 96.4% vs 94.5-95.5% at 224 px.
-    # All recipes measured: bench/results/finetune-sweep.md. The best preset's recipe until the eleventh session
-    # (on a GPU and with other backbones since).
+    # All recipes measured: bench/results/finetune-sweep.md. The best preset's recipe until the eleventh session.
     "finetune": (256, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     # The quick preset's recipe (ninth session): finetune with the stem and MBConv stages 1-6 frozen and their

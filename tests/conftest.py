@@ -35,8 +35,9 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Every test starts from the same random state, so that a test that draws (random inputs compared
-    within a tolerance, random init) passes or fails the same way on every run and on CI."""
+    """Every test's own body starts from the same random state, so that a test that draws (random inputs
+    compared within a tolerance, random init) passes or fails the same way on every run and on CI. Module-
+    and session-scoped fixtures run before it (xfer.train seeds itself from its config)."""
     import numpy as np
     import torch
 

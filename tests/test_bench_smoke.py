@@ -118,13 +118,15 @@ def test_accuracy_bench_reports_test_split_over_seeds(tmp_path, flowers_dir):
 
 def test_accuracy_bench_choose_mode_never_reports_the_test_split(tmp_path, flowers_dir):
     out = tmp_path / "choose.md"
-    _run(["bench/accuracy.py", "--quick", "--only", "head", "--seeds", "0", "--choose", "--out", str(out)],
+    _run(["bench/accuracy.py", "--quick", "--only", "head,best", "--seeds", "0", "--choose", "--out", str(out)],
          XFER_FLOWERS_DIR=str(flowers_dir))
     md = out.read_text()
-    rows = [line.split("|") for line in md.splitlines() if line.startswith("| efficientnet_lite0 head | ")]
-    assert len(rows) == 2  # the summary line and the one run
-    assert rows[0][5].strip() == "not evaluated" and rows[1][6].strip() == "not evaluated", rows
-    assert "%" in rows[0][6]  # the validation accuracy that chooses is there
+    for label in ("efficientnet_lite0 head", "efficientnet_lite0 finetune (best: frozen stages cached)"):
+        rows = [line.split("|") for line in md.splitlines() if line.startswith(f"| {label} | ")]
+        assert len(rows) == 2, (label, md)  # the summary line and the one run
+        assert rows[0][5].strip() == "not evaluated" and rows[1][6].strip() == "not evaluated", rows
+        assert "%" in rows[0][6]  # the validation accuracy that chooses is there
+    assert "| efficientnet_lite0 finetune (best: frozen stages cached) | 128 | 1 | 6 |" in md  # best's frozen stages
     assert "not evaluated in this run: --choose" in md
 
 

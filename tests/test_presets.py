@@ -55,7 +55,9 @@ def test_the_table():
     best_other = best.for_backbone("resnet18")
     assert (best_other.epochs, best_other.cache_frozen, best_other.frozen_stages, best_other.body_lr) == (
         4, False, None, None)
-    assert best_other.on("cuda").image_size == 320
+    gpu_other = best_other.on("cuda")
+    assert (gpu_other.image_size, gpu_other.epochs, gpu_other.frozen_stages, gpu_other.cache_frozen, gpu_other.lr) == (
+        320, 10, None, False, None)
     assert quick.max_per_class is None and best.max_per_class is None  # every image
     with pytest.raises(xfer.ConfigError, match="Unknown preset 'fast': choose one of quick, best"):
         get_preset("fast")

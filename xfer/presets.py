@@ -54,7 +54,8 @@ class Preset:
     elsewhere: Mapping[str, Any] = field(default_factory=dict)
 
     def on(self, device_type: str) -> "Preset":
-        """This preset as it runs on a device of ``device_type`` ("cpu", "cuda", "mps")."""
+        """This preset as it runs on a device of ``device_type`` ("cpu", "cuda", "mps"). Call it after
+        :meth:`for_backbone`, whose settings carry their own GPU ones."""
         return dataclasses.replace(self, **self.gpu) if device_type != "cpu" and self.gpu else self
 
     def for_backbone(self, backbone: str | None) -> "Preset":
@@ -139,12 +140,13 @@ PRESETS: dict[str, Preset] = {
     # head conv and the new head trained for 6 epochs at 1e-3. Chosen (eleventh session) among four recipes on
     # their validation accuracy over 3 seeds, the test photos never evaluated (bench/results/best-choice.md):
     # 95.4% against 94.8% for the uncached 256-px finetune that best was until then, at 2/3 of its CPU time.
-    # On a GPU and with another backbone: that uncached finetune (augmented images each epoch). 5.8 min: the
-    # whole command took 2.90x quick's side by side (4:24 and 1:31, bench/results/quick-cli.md), on quick's scale.
+    # On a GPU and with another backbone: an uncached finetune (augmented images each epoch) with the old best's
+    # settings there. 5.9 min: the whole command took 2.90x quick's side by side (4:24 and 1:31,
+    # bench/results/quick-cli.md), times quick's 2:03.
     "best": Preset(
-        "best", "the most accurate recipe within 15 minutes on 2 CPU cores (3,130 photos)",
+        "best", "the most accurate recipe measured, about 6 minutes on 2 CPU cores (3,130 photos)",
         backbone="efficientnet_lite0", strategy="finetune", epochs=6, image_size=256, cache_views=1,
-        label_smoothing=0.1, frozen_stages=6, lr=1e-3, body_lr=1e-3, max_per_class=None, cpu_minutes=5.8,
+        label_smoothing=0.1, frozen_stages=6, lr=1e-3, body_lr=1e-3, max_per_class=None, cpu_minutes=5.9,
         cache_frozen=True,
         gpu={"image_size": 320, "epochs": 10, "frozen_stages": None, "cache_frozen": False, "lr": None,
              "body_lr": None},
