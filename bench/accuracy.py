@@ -52,6 +52,7 @@ from xfer.engine import TrainConfig, fit
 from xfer.evaluation import metrics_from_predictions
 from xfer.nets.registry import get_backbone, pretrained_available
 from xfer.nets.strategies import build_network, make_spec
+from xfer.presets import PRESETS
 
 BACKBONE = "efficientnet_lite0"
 VAL_FRACTION = 0.15  # of what the test split leaves: picks the best epoch
@@ -62,8 +63,9 @@ SEED = 0
 # (strategy, image size, TrainConfig) per run; tuned on this data (see the README).
 # finetune also keeps its first FINETUNE_FROZEN stages frozen (the registry's default is 3).
 FULL = {
-    # The quick preset's recipe until the ninth session (its recipe for other backbones since). One cached view: three were no better on repeated validation splits
-    # (bench/head_recipes.py) and cost three body passes per image.
+    # The quick preset's recipe until the ninth session (its recipe for other backbones since). One cached
+    # view: three were no better on repeated validation splits (bench/head_recipes.py) and cost three body
+    # passes per image.
     "head": (224, TrainConfig(epochs=15, lr=1e-3, label_smoothing=0.1, cache_views=1, seed=SEED)),
     "truncate": (224, TrainConfig(epochs=20, lr=1e-3, label_smoothing=0.1, cache_views=3, seed=SEED)),
     # lr is the new head's; the body trains at lr * body_lr_mult (0.1) = 3e-4. With the stem and stages
@@ -72,20 +74,15 @@ FULL = {
     # All recipes measured: bench/results/finetune-sweep.md. The best preset's recipe until the eleventh session.
     "finetune": (256, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
     "scratch": (160, TrainConfig(epochs=4, lr=3e-3, label_smoothing=0.1, seed=SEED)),
-    # The quick preset's recipe (ninth session): finetune with the stem and MBConv stages 1-6 frozen and their
-    # outputs cached once per image; the last stage, the head conv and the new head train on them
-    # (chosen on repeated validation splits outside the test split: bench/tail_recipes.py).
-    "quick": (224, TrainConfig(epochs=5, lr=1e-3, body_lr=1e-3, label_smoothing=0.1, cache_views=1, cache_frozen=True,
-                               seed=SEED)),
-    # The best preset's recipe (eleventh session): quick's at 256 px with stages 1-5 frozen and cached (6 frozen),
-    # 6 epochs; chosen with --choose among 4 recipes (bench/results/best-choice.md).
-    "best": (256, TrainConfig(epochs=6, lr=1e-3, body_lr=1e-3, label_smoothing=0.1, cache_views=1, cache_frozen=True,
-                              seed=SEED)),
+    # The presets' own recipes, read from xfer/presets.py (on a CPU, for their own backbone): quick's
+    # (ninth session, chosen with bench/tail_recipes.py) and best's (eleventh, chosen with --choose:
+    # bench/results/best-choice.md), both finetunes on cached frozen stages.
+    **{name: (PRESETS[name].image_size, PRESETS[name].train_config(seed=SEED)) for name in ("quick", "best")},
 }
 FINETUNE_FROZEN = 5
 #: Runs whose name is not their strategy, and the frozen stages of each run that trains a body.
-STRATEGY = {"quick": "finetune", "best": "finetune"}
-FROZEN = {"finetune": FINETUNE_FROZEN, "quick": 7, "best": 6}
+STRATEGY = {name: PRESETS[name].strategy for name in ("quick", "best")}
+FROZEN = {"finetune": FINETUNE_FROZEN, **{name: PRESETS[name].frozen_stages for name in STRATEGY}}
 QUICK = {
     "head": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
     "truncate": (128, TrainConfig(epochs=30, cache_views=1, augment=False, seed=SEED)),
